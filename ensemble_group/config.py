@@ -1,0 +1,125 @@
+"""Run settings: one validated object built from a TOML file plus command-line overrides.
+
+Validation happens once, here, so that every later stage can trust its inputs and a typo in a
+config file fails at once with the list of valid keys instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GROUPING_MODES = ("average", "seed")
+NORMALISATIONS = ("robust-z", "none")
+FRAMINGS = ("squash", "pad", "center-crop")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message says which and what is valid."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides a run's result; written into groups.json so the run can be reproduced."""
+
+    models: tuple[str, ...] = ("vgg16-tv", "efficientnet-lite0", "mobilenet-v2")
+    model_weights: dict[str, float] = field(default_factory=dict)  # fusion weight per model, default 1
+    weights_files: dict[str, str] = field(default_factory=dict)  # explicit weight file per model
+    allow_random_weights: bool = False  # only for smoke tests; results are meaningless
+    framing: str = "squash"
+    batch_size: int = 32
+    n_trees: int = 20
+    search_k: int = -1
+    seed: int = 42
+    k: int = 10
+    normalisation: str = "robust-z"
+    mode: str = "average"
+    cutoff: float = -2.0
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("models: at least one model is needed")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"models: a model is listed twice: {list(self.models)}")
+        from ensemble_group.extractors import MODELS  # late import: the registry imports Keras
+
+        for name in (*self.models, *self.model_weights, *self.weights_files):
+            if name not in MODELS:
+                raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+        for name, w in self.model_weights.items():
+            if not w >= 0:
+                raise ConfigError(f"model_weights.{name} must be >= 0, got {w}")
+        if self.model_weights and sum(self.model_weights.get(m, 1.0) for m in self.models) <= 0:
+            raise ConfigError("model_weights: the models in use all have weight 0")
+        _choice("framing", self.framing, FRAMINGS)
+        _choice("normalisation", self.normalisation, NORMALISATIONS)
+        _choice("mode", self.mode, GROUPING_MODES)
+        for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"{key} must be >= {low}, got {getattr(self, key)}")
+        if self.search_k < -1 or self.search_k == 0:
+            raise ConfigError(f"search_k must be -1 (Annoy's default, n_trees * k) or > 0, got {self.search_k}")
+
+    def fusion_weights(self) -> dict[str, float]:
+        return {m: float(self.model_weights.get(m, 1.0)) for m in self.models}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["models"] = list(self.models)
+        return d
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some settings changed (None values are ignored); validated again."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "models" in changes:
+            changes["models"] = tuple(changes["models"])
+        return dataclasses.replace(self, **changes)
+
+
+# TOML layout: [models] [extraction] [index] [fusion] [grouping]; section -> {toml key: Config field}
+_SECTIONS: dict[str, dict[str, str]] = {
+    "models": {"members": "models", "weights": "model_weights", "weights_files": "weights_files",
+               "allow_random_weights": "allow_random_weights"},
+    "extraction": {"framing": "framing", "batch_size": "batch_size"},
+    "index": {"n_trees": "n_trees", "search_k": "search_k", "seed": "seed"},
+    "fusion": {"k": "k", "normalisation": "normalisation"},
+    "grouping": {"mode": "mode", "cutoff": "cutoff"},
+}
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Read a TOML config (see configs/); None gives the built-in defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}]; valid: {', '.join(_SECTIONS)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: {section} must be a table")
+        for key, value in body.items():
+            if key not in _SECTIONS[section]:
+                valid = ", ".join(_SECTIONS[section])
+                raise ConfigError(f"{path}: unknown key {section}.{key}; valid keys in [{section}]: {valid}")
+            values[_SECTIONS[section][key]] = value
+    if "models" in values:
+        values["models"] = tuple(values["models"])
+    try:
+        return Config(**values)
+    except TypeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key} must be one of {', '.join(valid)}; got {value!r}")

