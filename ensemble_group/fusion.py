@@ -47,17 +47,21 @@ class Normaliser:
 
 def fit_normaliser(vectors: np.ndarray, method: str = "robust-z", *, seed: int = 42) -> Normaliser:
     """Learn a model's normaliser from random pairs of its (n, dim) unit vectors."""
+    if method not in ("none", "robust-z"):
+        raise ValueError(f"unknown normalisation {method!r}")
+    return fit_from_distances(reference_distances(vectors, seed=seed), method)
+
+
+def fit_from_distances(d: np.ndarray, method: str = "robust-z") -> Normaliser:
+    """Learn a normaliser from a model's distances between random (mostly unrelated) pairs."""
     if method == "none":
         return Normaliser("none")
-    if method != "robust-z":
-        raise ValueError(f"unknown normalisation {method!r}")
-    d = reference_distances(vectors, seed=seed)
+    d = np.asarray(d, dtype=np.float64)
     if len(d) < 2:  # 0 or 1 pair: nothing to learn a spread from
         return Normaliser(method, float(d[0]) if len(d) else 0.0, 1.0)
     centre = float(np.median(d))
     mad = float(np.median(np.abs(d - centre)))
-    scale = max(_MAD_TO_SD * mad, 1e-6)
-    return Normaliser(method, centre, scale)
+    return Normaliser(method, centre, max(_MAD_TO_SD * mad, 1e-6))
 
 
 def reference_distances(vectors: np.ndarray, *, seed: int = 42, max_pairs: int = MAX_REFERENCE_PAIRS) -> np.ndarray:

@@ -1,0 +1,50 @@
+"""Configs: the shipped files load; typos and bad values fail at once with the valid choices."""
+
+from pathlib import Path
+
+import pytest
+
+from ensemble_group.config import Config, ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_shipped_configs_load():
+    assert load_config(CONFIGS / "default.toml").models == ("resnet50", "vgg16", "inception_v3")
+    assert load_config(CONFIGS / "offline.toml").models == ("vgg16-tv", "efficientnet-lite0", "mobilenet-v2")
+    seed = load_config(CONFIGS / "seed.toml")
+    assert (seed.models, seed.n_trees, seed.k, seed.cutoff, seed.mode, seed.normalisation) == \
+        (("resnet50",), 20, 5, 0.60, "seed", "none")
+
+
+def test_unknown_key_names_the_valid_ones(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[grouping]\ncutof = 0.5\n")
+    with pytest.raises(ConfigError, match=r"grouping.cutof.*cutoff"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"models": ("resnet51",)}, "unknown model 'resnet51'"),
+    ({"mode": "kmeans"}, "mode must be one of average, seed"),
+    ({"k": 0}, "k must be >= 1"),
+    ({"model_weights": {"vgg16-tv": -1.0}}, "must be >= 0"),
+    ({"models": ("vgg16-tv", "vgg16-tv")}, "listed twice"),
+])
+def test_bad_values(change, message):
+    with pytest.raises(ConfigError, match=message):
+        Config().replace(**change)
+
+
+def test_overrides_keep_the_rest():
+    c = load_config(CONFIGS / "offline.toml").replace(models=["mobilenet-v2"], cutoff=-3.0, k=None)
+    assert c.models == ("mobilenet-v2",) and c.cutoff == -3.0 and c.k == 10
+    assert c.fusion_weights() == {"mobilenet-v2": 1.0}
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_text("[grouping\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")

@@ -1,0 +1,79 @@
+"""Both grouping modes on hand-made vectors with known answers."""
+
+import numpy as np
+
+from ensemble_group.fusion import Fusion
+from ensemble_group.grouping import canonical, group_average, group_seed
+from ensemble_group.index import ModelIndex
+
+
+def on_circle(angles, dim=16, plane=(0, 1)):
+    """Unit vectors at the given angles (radians) in one plane: angular distance = 2 sin(delta/2)."""
+    v = np.zeros((len(angles), dim), dtype=np.float32)
+    v[:, plane[0]], v[:, plane[1]] = np.cos(angles), np.sin(angles)
+    return v
+
+
+def run(vectors, mode, cutoff, k=5):
+    fusion = Fusion.fit({"m": vectors}, method="none")  # raw angular distances: easy to reason about
+    neigh = fusion.neighbours({"m": ModelIndex(vectors.shape[1], n_trees=10).build(vectors)}, k=k)
+    if mode == "seed":
+        return group_seed(neigh, cutoff, k)
+    return group_average(neigh, fusion, cutoff)
+
+
+def test_a_chain_of_close_pairs_does_not_merge_into_one_group():
+    angles = np.arange(10) * 0.1  # neighbours 0.0999 apart, the ends 0.88 apart
+    v = on_circle(angles)
+    # plain connected components at this cutoff would make one group of all ten (check it):
+    from scipy.sparse.csgraph import connected_components
+    d = np.sqrt(np.clip(2 - 2 * v @ v.T, 0, None))
+    assert connected_components(d < 0.15, directed=False)[0] == 1
+    labels = run(v, "average", 0.15)
+    for g in np.unique(labels):
+        members = angles[labels == g]
+        assert members.max() - members.min() <= 0.25  # no group spans more than a few links
+    assert len(np.unique(labels)) >= 4
+
+
+def test_a_product_with_a_far_back_view_is_not_split_and_look_alikes_stay_apart():
+    # product A: catalogue shot at 0; model shots at +-0.1; back view at 0.18, 0.28 from one model shot
+    # (complete linkage would cut it off; average linkage keeps it: 0.18 on average from the others)
+    # product B: four photos around 1.0 rad, a look-alike product nowhere near A's photos on average
+    a = [0.0, 0.1, -0.1, 0.18]
+    b = [1.0, 1.08, 0.95, 1.12]
+    v = on_circle(np.array(a + b))
+    labels = run(v, "average", 0.2)
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_singletons_are_allowed():
+    v = on_circle(np.array([0.0, 0.05, 1.0, 2.0, 3.0]))
+    labels = run(v, "average", 0.2)
+    assert labels.tolist() == [0, 0, 1, 2, 3]
+
+
+def test_seed_mode_reproduces_the_original_greedy_rule_and_its_split():
+    # image 0 (a look-alike) sits next to product P's first photo (1); P = photos 1..4, close to each
+    # other; image 5 is far from everything. Visiting 0 first claims photo 1 for 0's group, so the
+    # greedy rule splits P: {0,1}, {2,3,4}; image 5 has nothing under the cutoff and is paired with
+    # its nearest neighbour (4), joining that neighbour's group.
+    v = on_circle(np.array([-0.09, 0.0, 0.04, 0.08, 0.12, 0.6]))
+    labels = run(v, "seed", cutoff=0.095, k=5)
+    assert labels.tolist() == [0, 0, 1, 1, 1, 1]  # product P cut in two
+    # the default mode keeps P whole: 0 is closer to 1 than the cutoff, but far from P on average
+    labels = run(v, "average", cutoff=0.1)
+    assert labels[1] == labels[2] == labels[3] == labels[4]
+    assert labels[0] != labels[1]
+
+
+def test_oversized_components_are_cut_before_linkage():
+    v = on_circle(np.arange(40) * 0.01)
+    fusion = Fusion.fit({"m": v}, method="none")
+    neigh = fusion.neighbours({"m": ModelIndex(16, n_trees=10).build(v)}, k=5)
+    labels = group_average(neigh, fusion, 0.05, max_component=8)
+    assert len(labels) == 40 and np.bincount(labels).max() <= 8
+
+
+def test_canonical_numbers_groups_by_first_image():
+    assert canonical(np.array([5, 5, 2, 9, 2])).tolist() == [0, 0, 1, 2, 1]
