@@ -24,6 +24,8 @@ app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False, add_completion=False)
 weights_app = typer.Typer(help="List, fetch and verify the models' ImageNet weights.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+cache_app = typer.Typer(help="Inspect and trim the embedding cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -65,6 +67,12 @@ WeightsOpt = Annotated[Optional[list[str]], typer.Option("--weights", help="MODE
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the final summary.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more about each step.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars (shown only on a terminal).")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-file", help="Embedding cache (SQLite). Default: embeddings.sqlite in $ENSEMBLE_GROUP_CACHE or ~/.cache/ensemble-group.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")]
+
+
+def _cache_arg(cache_file: Optional[Path], no_cache: bool):
+    return None if no_cache else (cache_file or "default")
 
 
 def _config(config: Optional[Path], models: Optional[str], weights: Optional[list[str]], random_weights: bool = False, **overrides):
@@ -84,12 +92,12 @@ def _config(config: Optional[Path], models: Optional[str], weights: Optional[lis
         _fail(str(e), 2)
 
 
-def _run(folder: Path, cfg, reporter: CliReporter):
+def _run(folder: Path, cfg, reporter: CliReporter, cache=None):
     from ensemble_group.pipeline import NothingToGroup, group_folder
     from ensemble_group.weights import WeightsNotFound
 
     try:
-        return group_folder(folder, cfg, reporter=reporter)
+        return group_folder(folder, cfg, reporter=reporter, cache_file=cache)
     except WeightsNotFound as e:
         _fail(str(e))
     except NotADirectoryError as e:
@@ -110,6 +118,7 @@ def group(
     weights: WeightsOpt = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Run with RANDOM weights when none are found (smoke tests only).")] = False,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace results already in --out.")] = False,
+    cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """Group the photos in FOLDER into products and write the groups.
@@ -125,7 +134,7 @@ def group(
     except (OutputExists, ValueError) as e:
         _fail(str(e))
     reporter = CliReporter(quiet, verbose, progress)
-    run = _run(folder, cfg, reporter)
+    run = _run(folder, cfg, reporter, _cache_arg(cache_file, no_cache))
     paths = write_run(run, out_dir, force=force)
     groups = run.groups()
     multi = [g for g in groups if g["size"] > 1]
@@ -134,7 +143,8 @@ def group(
             out.print(f"group {g['id']} ({g['size']}): " + ", ".join(g["images"]), highlight=False)
     out.print(f"{len(run.images)} images -> {len(groups)} groups ({len(multi)} with 2+ images, "
               f"{len(groups) - len(multi)} singletons); {len(run.skipped)} skipped; "
-              f"{run.timings['total']:.1f} s. Wrote {paths['groups']}", highlight=False)
+              f"{run.timings['total']:.1f} s ({run.timings['extracted']} extracted, {run.timings['from_cache']} from the cache). "
+              f"Wrote {paths['groups']}", highlight=False)
     for s in run.skipped:
         reporter.log(f"skipped {s.rel}: {s.reason}")
 
@@ -145,6 +155,7 @@ def index(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write index/ (and the groups).")] = Path("out"),
     config: ConfigOpt = None, models: ModelsOpt = None, weights: WeightsOpt = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace results already in --out.")] = False,
+    cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """Build and save one Annoy index per model for FOLDER, for later `query` calls.
@@ -161,7 +172,7 @@ def index(
         check_out_dir(out_dir, folder, force)
     except (OutputExists, ValueError) as e:
         _fail(str(e))
-    run = _run(folder, cfg, CliReporter(quiet, verbose, progress))
+    run = _run(folder, cfg, CliReporter(quiet, verbose, progress), _cache_arg(cache_file, no_cache))
     paths = write_run(run, out_dir, force=force)
     out.print(f"indexed {len(run.images)} images with {', '.join(cfg.models)} -> {paths['index']}", highlight=False)
 
@@ -225,6 +236,90 @@ def evaluate(
     for key in ("labelled_not_grouped", "grouped_not_labelled"):
         if info.get(f"n_{key}"):
             err.print(f"{info[f'n_{key}']} images {key.replace('_', ' ')}: {', '.join(info[key])}", highlight=False)
+
+
+LabelsOpt = Annotated[Path, typer.Option("--labels", "-l", help="Ground truth CSV: image,product (paths relative to the CSV).")]
+
+
+@app.command()
+def compare(
+    folder: Annotated[Path, typer.Argument(help="Folder of labelled photos.")],
+    labels: LabelsOpt,
+    config: ConfigOpt = None, models: ModelsOpt = None, weights: WeightsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the product split (tune half / test half).")] = 0,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write compare.md and compare.json here.")] = None,
+    cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """A/B table: every single member, the ensemble and the baselines on the same images.
+
+    Each arm's cutoff is tuned on half of the products and every figure is reported on the other half
+    (split by product with --seed, never by image). Features are computed once per model.
+
+    Example: [bold]ensemble-group compare samples/flipkart --labels samples/flipkart/labels.csv[/]
+    """
+    from ensemble_group.evaluation.compare import TABLE_COLUMNS, compare as run_compare
+    from ensemble_group.evaluation.metrics import format_table
+    from ensemble_group.outputs import atomic_write, to_json
+    from ensemble_group.weights import WeightsNotFound
+
+    cfg = _config(config, models, weights)
+    try:
+        result = run_compare(folder, labels, cfg, seed=seed, reporter=CliReporter(quiet, verbose, progress),
+                             cache_file=_cache_arg(cache_file, no_cache))
+    except WeightsNotFound as e:
+        _fail(str(e))
+    except (OSError, ValueError) as e:
+        _fail(str(e), 2)
+    split = result["split"]
+    table = format_table(result["rows"], TABLE_COLUMNS)
+    header = (f"Held-out products: {split['test_products']} ({split['test_images']} images); cutoffs tuned on "
+              f"{split['tune_products']} other products ({split['tune_images']} images); split by product, seed {split['seed']}.")
+    out.print(header + "\n\n" + table, highlight=False, markup=False)
+    if out_dir:
+        atomic_write(out_dir / "compare.md", header + "\n\n" + table + "\n")
+        atomic_write(out_dir / "compare.json", to_json(result))
+        out.print(f"wrote {out_dir / 'compare.md'} and compare.json", highlight=False)
+
+
+@app.command()
+def tune(
+    folder: Annotated[Path, typer.Argument(help="Folder of labelled photos.")],
+    labels: LabelsOpt,
+    config: ConfigOpt = None, models: ModelsOpt = None, weights: WeightsOpt = None,
+    mode: Annotated[Optional[str], typer.Option(help="Grouping mode to tune.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write tune.png and tune.json.")] = Path("out"),
+    cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """Sweep the cutoff; report the best by pairwise F1 and by B-cubed F1; plot it.
+
+    The PNG shows precision, recall and F1 against the cutoff, and histograms of fused distances for
+    same-product and different-product pairs. Tuned on all labelled images: use `compare` for
+    figures on held-out products.
+
+    Example: [bold]ensemble-group tune samples/flipkart --labels samples/flipkart/labels.csv --out out/[/]
+    """
+    from ensemble_group.evaluation.compare import plot_tuning, tune as run_tune
+    from ensemble_group.outputs import atomic_write, to_json
+    from ensemble_group.weights import WeightsNotFound
+
+    cfg = _config(config, models, weights, mode=mode)
+    try:
+        result = run_tune(folder, labels, cfg, reporter=CliReporter(quiet, verbose, progress),
+                          cache_file=_cache_arg(cache_file, no_cache))
+    except WeightsNotFound as e:
+        _fail(str(e))
+    except (OSError, ValueError) as e:
+        _fail(str(e), 2)
+    png = plot_tuning(result, out_dir / "tune.png")
+    doc = {k: v for k, v in result.items() if not k.endswith("_distances")}
+    atomic_write(out_dir / "tune.json", to_json(doc))
+    for key in ("best_pairwise_f1", "best_bcubed_f1"):
+        b = result[key]
+        out.print(f"{key.replace('_', ' ')}: cutoff {b['cutoff']:.3f} -> pairwise P {b['pairwise_precision']:.3f} "
+                  f"R {b['pairwise_recall']:.3f} F1 {b['pairwise_f1']:.3f}, B-cubed F1 {b['bcubed_f1']:.3f}", highlight=False)
+    out.print(f"wrote {png} and {out_dir / 'tune.json'}", highlight=False)
 
 
 @weights_app.command("list")
@@ -312,6 +407,72 @@ def weights_install(
     if not ok:
         _fail(f"{file} is not the expected file: {why}")
     out.print(f"{model}: installed {install(model, file)}", highlight=False)
+
+
+def _open_cache(cache_file: Optional[Path], readonly: bool = False):
+    from ensemble_group.cache import CacheError, EmbeddingCache
+    from ensemble_group.pipeline import default_cache_file
+
+    path = cache_file or default_cache_file()
+    if readonly and not path.exists():
+        _fail(f"no embedding cache at {path} yet (it is made by the first `group`)")
+    try:
+        return EmbeddingCache(path, readonly=readonly, log=lambda s: err.print(s, highlight=False))
+    except CacheError as e:
+        _fail(str(e))
+
+
+@cache_app.command("info")
+def cache_info(cache_file: CacheOpt = None) -> None:
+    """Where the cache is, how big, and how many vectors per model and settings.
+
+    Example: [bold]ensemble-group cache info[/]
+    """
+    with _open_cache(cache_file, readonly=True) as cache:
+        info = cache.info()
+    out.print(f"{info['path']}: {info['vectors']} vectors, {info['file_bytes'] / 1e6:.1f} MB", highlight=False)
+    table = Table("model | weights | settings", "vectors", "dim", "MB")
+    for key, m in info["models"].items():
+        table.add_row(key, str(m["count"]), str(m["dim"]), f"{m['bytes'] / 1e6:.1f}")
+    out.print(table)
+
+
+@cache_app.command("prune")
+def cache_prune(
+    keep_folder: Annotated[Optional[list[Path]], typer.Option("--keep", help="Keep only vectors of images now in these folders (repeatable).")] = None,
+    older_than: Annotated[Optional[float], typer.Option("--older-than-days", help="Drop vectors not used for this many days.")] = None,
+    cache_file: CacheOpt = None,
+) -> None:
+    """Drop vectors no longer needed: of images not in --keep folders, or unused for N days.
+
+    Example: [bold]ensemble-group cache prune --keep photos/ --older-than-days 90[/]
+    """
+    from ensemble_group.images import hash_folder
+
+    if not keep_folder and older_than is None:
+        _fail("say what to prune: --keep FOLDER and/or --older-than-days N (or use `cache clear`)", 2)
+    keep = None
+    if keep_folder:
+        keep = {im.sha256 for folder in keep_folder for im in hash_folder(folder)[0]}
+    with _open_cache(cache_file) as cache:
+        n = cache.prune(keep_hashes=keep, older_than_days=older_than)
+    out.print(f"removed {n} vectors", highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    cache_file: CacheOpt = None,
+) -> None:
+    """Remove every cached vector (the next runs extract again).
+
+    Example: [bold]ensemble-group cache clear --yes[/]
+    """
+    if not yes and not typer.confirm("Remove every cached vector?"):
+        raise typer.Exit(1)
+    with _open_cache(cache_file) as cache:
+        n = cache.clear()
+    out.print(f"removed {n} vectors", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

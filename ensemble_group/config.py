@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GROUPING_MODES = ("average", "seed")
+GROUPING_MODES = ("average", "seed", "components")
 NORMALISATIONS = ("robust-z", "none")
 FRAMINGS = ("squash", "pad", "center-crop")
 

@@ -18,6 +18,7 @@ Mode "average" (the default) has two steps:
    stay together. Single linkage would chain; complete linkage would split a product whose back view
    is far from its close-up; average sits between them and is the standard choice for this reason.
 Singletons are allowed: a product with one photo is a group of one.
+Mode "components" (plain connected components, step 1 alone) is kept as a baseline for `compare`.
 Memory stays linear: the only dense matrices are per component, and a component larger than
 `max_component` is first cut into pieces by raising its edge threshold until they fit.
 """
@@ -119,10 +120,20 @@ def canonical(label: np.ndarray) -> np.ndarray:
     return mapping[np.unique(label, return_inverse=True)[1]]
 
 
+def group_components(neigh: FusedNeighbours, cutoff: float) -> np.ndarray:
+    """Plain connected components of the cutoff graph: a baseline that shows the chaining problem."""
+    n = len(neigh.ids)
+    rows, cols = np.nonzero((neigh.dist <= cutoff) & (neigh.ids >= 0))
+    graph = coo_matrix((np.ones(len(rows)), (rows, neigh.ids[rows, cols])), shape=(n, n))
+    return canonical(connected_components(graph, directed=False)[1])
+
+
 def group(neigh: FusedNeighbours, fusion: Fusion, mode: str, cutoff: float, k: int) -> np.ndarray:
     """Dispatch on the configured mode."""
     if mode == "seed":
         return group_seed(neigh, cutoff, k)
+    if mode == "components":
+        return group_components(neigh, cutoff)
     if mode == "average":
         return group_average(neigh, fusion, cutoff)
     raise ValueError(f"unknown grouping mode {mode!r}")

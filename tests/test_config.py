@@ -26,7 +26,7 @@ def test_unknown_key_names_the_valid_ones(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"models": ("resnet51",)}, "unknown model 'resnet51'"),
-    ({"mode": "kmeans"}, "mode must be one of average, seed"),
+    ({"mode": "kmeans"}, "mode must be one of average, seed, components"),
     ({"k": 0}, "k must be >= 1"),
     ({"model_weights": {"vgg16-tv": -1.0}}, "must be >= 0"),
     ({"models": ("vgg16-tv", "vgg16-tv")}, "listed twice"),

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ensemble_group.fusion import Fusion
-from ensemble_group.grouping import canonical, group_average, group_seed
+from ensemble_group.grouping import canonical, group, group_average
 from ensemble_group.index import ModelIndex
 
 
@@ -17,9 +17,7 @@ def on_circle(angles, dim=16, plane=(0, 1)):
 def run(vectors, mode, cutoff, k=5):
     fusion = Fusion.fit({"m": vectors}, method="none")  # raw angular distances: easy to reason about
     neigh = fusion.neighbours({"m": ModelIndex(vectors.shape[1], n_trees=10).build(vectors)}, k=k)
-    if mode == "seed":
-        return group_seed(neigh, cutoff, k)
-    return group_average(neigh, fusion, cutoff)
+    return group(neigh, fusion, mode, cutoff, k)
 
 
 def test_a_chain_of_close_pairs_does_not_merge_into_one_group():
@@ -77,3 +75,8 @@ def test_oversized_components_are_cut_before_linkage():
 
 def test_canonical_numbers_groups_by_first_image():
     assert canonical(np.array([5, 5, 2, 9, 2])).tolist() == [0, 0, 1, 2, 1]
+
+
+def test_components_mode_is_the_chaining_baseline():
+    v = on_circle(np.arange(10) * 0.1)
+    assert run(v, "components", 0.15).tolist() == [0] * 10

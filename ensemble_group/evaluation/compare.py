@@ -1,0 +1,266 @@
+"""A/B comparison and cutoff tuning on a labelled folder.
+
+`compare` runs every single member of the ensemble, the ensemble itself and the baselines (the
+original method; perceptual hashes; plain connected components) over the same images. It is fair by
+construction: the products are split in two with a fixed seed (by product, never by image), each arm's
+cutoff is tuned on the first part and every figure is reported on the second, so no arm is scored on
+what it was tuned on. Features are computed once per model (and cached) and reused by every arm.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensemble_group.config import Config
+from ensemble_group.evaluation.metrics import pairwise_prf, bcubed, score
+from ensemble_group.fusion import FusedNeighbours, Fusion
+from ensemble_group.grouping import group
+from ensemble_group.images import ImageError, decode_many
+from ensemble_group.index import ModelIndex
+
+SEED_CUTOFF = 0.60  # the original method's raw angular cutoff
+HASH_METHODS = ("ahash", "dhash", "phash")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of the A/B table: which vectors, which grouper, tuned or fixed cutoff."""
+
+    name: str
+    sources: tuple[str, ...]
+    mode: str = "average"
+    normalisation: str = "robust-z"
+    k: int = 10
+    cutoff: float | None = None  # None = tuned on the tuning products
+
+
+@dataclass
+class Subset:
+    """Vectors and true labels of some images, and everything a grouper needs about them."""
+
+    vectors: dict[str, np.ndarray]
+    true: np.ndarray
+
+
+def default_arms(config: Config, original_model: str) -> list[Arm]:
+    """The ensemble, each member alone, the original method, hashes, plain connected components."""
+    base = dict(mode=config.mode, normalisation=config.normalisation, k=config.k)
+    arms = [Arm("ensemble (" + " + ".join(config.models) + ")", config.models, **base)]
+    if len(config.models) > 1:
+        arms += [Arm(m, (m,), **base) for m in config.models]
+    arms += [Arm("ensemble, connected components", config.models, "components", config.normalisation, config.k),
+             Arm(f"original: {original_model}, seed rule, cutoff 0.60", (original_model,), "seed", "none", 5, SEED_CUTOFF),
+             Arm(f"original: {original_model}, seed rule, tuned cutoff", (original_model,), "seed", "none", 5)]
+    arms += [Arm(f"{h}, same grouper", (h,), **base) for h in HASH_METHODS]
+    return arms
+
+
+def split_products(products: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (tune, test) over images: half of the distinct products each, fixed seed."""
+    names = np.unique(products)
+    tune_names = np.random.default_rng(seed).permutation(names)[: len(names) // 2]
+    tune = np.isin(products, tune_names)
+    return tune, ~tune
+
+
+def neighbours_for(sub: Subset, arm: Arm, config: Config) -> tuple[Fusion, FusedNeighbours]:
+    vectors = {m: sub.vectors[m] for m in arm.sources}
+    fusion = Fusion.fit(vectors, arm.normalisation, {m: config.fusion_weights().get(m, 1.0) for m in arm.sources},
+                        seed=config.seed)
+    indexes = {m: ModelIndex(v.shape[1], n_trees=config.n_trees, search_k=config.search_k, seed=config.seed).build(v)
+               for m, v in vectors.items()}
+    return fusion, fusion.neighbours(indexes, arm.k)
+
+
+def cutoff_grid(neigh: FusedNeighbours, steps: int = 60) -> np.ndarray:
+    """Candidate cutoffs spanning the fused distances actually seen (any normalisation's scale)."""
+    d = neigh.dist[np.isfinite(neigh.dist)]
+    if not len(d):
+        return np.array([0.0])
+    return np.unique(np.quantile(d, np.linspace(0.0, 0.6, steps)))
+
+
+def sweep(sub: Subset, arm: Arm, config: Config) -> list[dict[str, float]]:
+    """Pairwise and B-cubed P/R/F1 of the arm's grouping at each candidate cutoff."""
+    fusion, neigh = neighbours_for(sub, arm, config)
+    rows = []
+    for c in cutoff_grid(neigh):
+        pred = group(neigh, fusion, arm.mode, float(c), arm.k)
+        rows.append({"cutoff": float(c), **pairwise_prf(sub.true, pred), **bcubed(sub.true, pred)})
+    return rows
+
+
+def best(rows: list[dict[str, float]], key: str = "pairwise_f1") -> dict[str, float]:
+    """The row with the highest `key` (ties: the stricter cutoff)."""
+    return max(rows, key=lambda r: (r[key], -r["cutoff"]))
+
+
+def run_arm(arm: Arm, tune: Subset, test: Subset, config: Config) -> dict[str, Any]:
+    """Tune the cutoff on `tune` (unless fixed), then score on `test`."""
+    cutoff = arm.cutoff if arm.cutoff is not None else best(sweep(tune, arm, config))["cutoff"]
+    fusion, neigh = neighbours_for(test, arm, config)
+    pred = group(neigh, fusion, arm.mode, cutoff, arm.k)
+    return {"arm": arm.name, "cutoff": round(cutoff, 4), "tuned": arm.cutoff is None,
+            **score(test.true, pred, neighbours=neigh.ids[:, :5])}
+
+
+def hash_features(paths: list[Path], chunk: int = 256) -> dict[str, np.ndarray]:
+    """All three perceptual hashes of the images, decoding in chunks to bound memory."""
+    from ensemble_group.hashing import hash_vectors
+
+    out: dict[str, list[np.ndarray]] = {h: [] for h in HASH_METHODS}
+    for s in range(0, len(paths), chunk):
+        arrays = decode_many(paths[s:s + chunk])
+        for a in arrays:
+            if isinstance(a, ImageError):
+                raise a
+        for h in HASH_METHODS:
+            out[h].append(hash_vectors(arrays, h))
+    return {h: np.concatenate(v) for h, v in out.items()}
+
+
+def labelled_features(folder: Path, labels_csv: Path, config: Config, reporter, cache_file="default"):
+    """Features of the folder's labelled images: (vectors per source, true product names, rel paths, info)."""
+    from ensemble_group.evaluation.labels import read_labels
+    from ensemble_group.features import extract, open_cache
+    from ensemble_group.images import hash_folder
+    from ensemble_group.pipeline import default_cache_file, load_extractors, resolve_weights
+
+    truth = read_labels(labels_csv)
+    by_abs = {os.path.normpath(os.path.join(os.path.abspath(labels_csv.parent), p)): prod for p, prod in truth.items()}
+    weights = resolve_weights(config, reporter)
+    images, skipped = hash_folder(folder)
+    images = [im for im in images if os.path.normpath(os.path.abspath(im.path)) in by_abs]
+    if not images:
+        raise ValueError(f"no image of {folder} is listed in {labels_csv}")
+    reporter.log(f"{len(images)} labelled images in {folder}")
+    cache_path = default_cache_file() if cache_file == "default" else cache_file
+    cache = open_cache(Path(cache_path) if cache_path else None, reporter.log)
+    try:
+        feats = extract(images, load_extractors(config, weights), {m: w.id for m, w in weights.items()}, cache, reporter)
+    finally:
+        if cache:
+            cache.close()
+    vectors = dict(feats.vectors)
+    with reporter.task("perceptual hashes", 1) as advance:
+        vectors.update(hash_features([im.path for im in feats.images]))
+        advance(1)
+    products = np.array([by_abs[os.path.normpath(os.path.abspath(im.path))] for im in feats.images])
+    info = {"n_labelled": len(truth), "n_used": len(feats.images), "skipped": [s.__dict__ for s in skipped + feats.skipped],
+            "weights": {m: w.id for m, w in weights.items()}}
+    return vectors, products, [im.rel for im in feats.images], info
+
+
+def original_model(config: Config) -> str:
+    """resnet50 when its weights are available here, else the config's first member."""
+    from ensemble_group.weights import WeightsNotFound, resolve
+
+    try:
+        resolve("resnet50", download=False)
+        return "resnet50"
+    except WeightsNotFound:
+        return config.models[0]
+
+
+def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, reporter=None,
+            cache_file="default") -> dict[str, Any]:
+    """The A/B table as a dict: rows (one per arm, scored on the test products) and how it was made."""
+    from ensemble_group.pipeline import Reporter
+
+    reporter = reporter or Reporter()
+    original = original_model(config)
+    run_config = config if original in config.models else config.replace(models=(*config.models, original))
+    vectors, products, rels, info = labelled_features(Path(folder), Path(labels_csv), run_config, reporter, cache_file)
+    _, true = np.unique(products, return_inverse=True)
+    tune_mask, test_mask = split_products(products, seed)
+    tune = Subset({m: v[tune_mask] for m, v in vectors.items()}, true[tune_mask])
+    test = Subset({m: v[test_mask] for m, v in vectors.items()}, true[test_mask])
+    rows = []
+    arms = default_arms(config, original)
+    with reporter.task("arms", len(arms)) as advance:
+        for arm in arms:
+            rows.append(run_arm(arm, tune, test, config))
+            advance(1)
+    return {"folder": str(Path(folder).resolve()), "labels": str(Path(labels_csv).resolve()),
+            "split": {"by": "product", "seed": seed, "tune_products": int(len(np.unique(true[tune_mask]))),
+                      "test_products": int(len(np.unique(true[test_mask]))), "tune_images": int(tune_mask.sum()),
+                      "test_images": int(test_mask.sum())},
+            "config": config.to_dict(), "info": info, "rows": rows}
+
+
+TABLE_COLUMNS = ["arm", "cutoff", "n_pred_groups", "n_true_groups", "ari", "nmi", "pairwise_precision",
+                 "pairwise_recall", "pairwise_f1", "bcubed_f1", "mean_image_f1", "recall_at_1", "recall_at_5"]
+
+
+def tune(folder: Path, labels_csv: Path, config: Config, *, reporter=None, cache_file="default") -> dict[str, Any]:
+    """Sweep the cutoff of the configured grouping over all labelled images: curve, bests, distances."""
+    from ensemble_group.pipeline import Reporter
+
+    reporter = reporter or Reporter()
+    vectors, products, _, info = labelled_features(Path(folder), Path(labels_csv), config, reporter, cache_file)
+    _, true = np.unique(products, return_inverse=True)
+    sub = Subset(vectors, true)
+    arm = Arm("config", config.models, config.mode, config.normalisation, config.k)
+    rows = sweep(sub, arm, config)
+    fusion, _ = neighbours_for(sub, arm, config)
+    same, diff = pair_distances(fusion, true, seed=config.seed)
+    return {"curve": rows, "best_pairwise_f1": best(rows, "pairwise_f1"), "best_bcubed_f1": best(rows, "bcubed_f1"),
+            "same_product_distances": same, "different_product_distances": diff, "info": info,
+            "config": config.to_dict()}
+
+
+def pair_distances(fusion: Fusion, true: np.ndarray, *, seed: int = 0, max_pairs: int = 200_000):
+    """Fused distances of all same-product pairs and of (up to max_pairs random) different-product pairs."""
+    n = len(true)
+    same_i, same_j = [], []
+    for lab in np.unique(true):
+        members = np.flatnonzero(true == lab)
+        i, j = np.triu_indices(len(members), 1)
+        same_i.append(members[i])
+        same_j.append(members[j])
+    si, sj = np.concatenate(same_i), np.concatenate(same_j)
+    rng = np.random.default_rng(seed)
+    di, dj = rng.integers(0, n, max_pairs), rng.integers(0, n, max_pairs)
+    keep = true[di] != true[dj]
+    return fusion.pairs(si, sj), fusion.pairs(di[keep], dj[keep])
+
+
+def plot_tuning(result: dict[str, Any], out_png: Path) -> Path:
+    """PNG: precision, recall and F1 against the cutoff; histograms of same/different-product distances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ensemble_group.outputs import atomic_write
+
+    curve = result["curve"]
+    c = [r["cutoff"] for r in curve]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key, style in (("pairwise_precision", "--"), ("pairwise_recall", ":"), ("pairwise_f1", "-"), ("bcubed_f1", "-.")):
+        a.plot(c, [r[key] for r in curve], style, label=key.replace("_", " "))
+    for key, colour in (("best_pairwise_f1", "k"), ("best_bcubed_f1", "grey")):
+        a.axvline(result[key]["cutoff"], color=colour, lw=0.8)
+    a.set(xlabel="cutoff (fused distance)", ylabel="score", title="grouping quality against the cutoff", ylim=(0, 1.02))
+    a.legend(loc="best", fontsize=8)
+    same, diff = result["same_product_distances"], result["different_product_distances"]
+    bins = np.linspace(min(same.min(), diff.min()), max(same.max(), diff.max()), 60)
+    b.hist(diff, bins=bins, alpha=0.6, density=True, label=f"different products ({len(diff)} pairs)")
+    b.hist(same, bins=bins, alpha=0.6, density=True, label=f"same product ({len(same)} pairs)")
+    b.axvline(result["best_pairwise_f1"]["cutoff"], color="k", lw=0.8, label="best cutoff (pairwise F1)")
+    b.set(xlabel="fused distance", ylabel="density", title="fused distances of image pairs")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(Path(out_png), buf.getvalue())
+    return Path(out_png)
+

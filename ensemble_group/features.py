@@ -1,0 +1,98 @@
+"""Images -> per-model vectors, cached by content hash.
+
+Extraction is the slow part, so it never happens twice for the same bytes: each image's vector is
+looked up in the embedding cache under (model, weights id, preprocessing settings, file sha256); only
+the misses are decoded, in chunks (memory stays bounded whatever the folder size), passed through
+every model that misses them (one decode feeds all members), and written to the cache after each
+chunk, so a killed run resumes where it stopped. Byte-identical files are extracted once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ensemble_group.cache import EmbeddingCache, model_key
+from ensemble_group.extractors import MODELS, Extractor
+from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many
+
+CHUNK = 128  # images decoded at a time: bounds memory, and the most a kill can lose
+
+
+@dataclass
+class Features:
+    """Vectors of the readable images: `images[i]` has row i of every `vectors[model]` (n, dim)."""
+
+    images: list[ImageFile]
+    vectors: dict[str, np.ndarray]
+    skipped: list[Skipped] = field(default_factory=list)
+    extracted: int = 0  # distinct images that went through the models (cache misses)
+    cached: int = 0  # distinct images served entirely from the cache
+
+
+def settings_key(model: str, weights_id: str, framing: str) -> str:
+    return model_key(model, weights_id, framing=framing, input_size=MODELS[model].input_size)
+
+
+def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], weights_ids: dict[str, str],
+            cache: EmbeddingCache | None, reporter) -> Features:
+    """Vectors for `images` from the cache or the models; undecodable files move to `skipped`.
+
+    Models are loaded only if some image misses the cache, so a warm rerun skips TensorFlow's start-up.
+    """
+    unique = list(dict.fromkeys(im.sha256 for im in images))
+    path_of = {}
+    for im in images:
+        path_of.setdefault(im.sha256, im.path)
+    keys = {m: settings_key(m, weights_ids[m], ex.framing) for m, ex in extractors.items()}
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for m, ex in extractors.items():
+        found[m] = cache.get_many(keys[m], unique, MODELS[m].dim) if cache else {}
+    missing = [h for h in unique if any(h not in found[m] for m in extractors)]
+    bad: dict[str, str] = {}
+    if missing:
+        reporter.log(f"extracting features of {len(missing)} images ({len(unique) - len(missing)} from the cache)")
+    with reporter.task("extracting features", len(missing)) as advance:
+        for start in range(0, len(missing), CHUNK):
+            chunk = missing[start:start + CHUNK]
+            decoded = decode_many([path_of[h] for h in chunk])
+            ok = [(h, a) for h, a in zip(chunk, decoded) if not isinstance(a, ImageError)]
+            bad.update({h: a.reason for h, a in zip(chunk, decoded) if isinstance(a, ImageError)})
+            for m, ex in extractors.items():
+                todo = [(h, a) for h, a in ok if h not in found[m]]
+                if not todo:
+                    continue
+                rows = ex.embed([a for _, a in todo])
+                new = dict(zip((h for h, _ in todo), rows))
+                found[m].update(new)
+                if cache:
+                    cache.put_many(keys[m], new)  # committed per chunk: a kill loses at most one chunk
+            advance(len(chunk))
+    kept = [im for im in images if im.sha256 not in bad]
+    skipped = [Skipped(im.rel, bad[im.sha256]) for im in images if im.sha256 in bad]
+    dims = {m: MODELS[m].dim for m in extractors}
+    vectors = {m: (np.stack([found[m][im.sha256] for im in kept]).astype(np.float32) if kept
+                   else np.zeros((0, dims[m]), np.float32)) for m in extractors}
+    return Features(kept, vectors, skipped, extracted=len(missing) - len(bad),
+                    cached=len(unique) - len(missing))
+
+
+class LazyExtractor:
+    """An Extractor built on first use: loading a model costs seconds, and a cache hit needs none."""
+
+    def __init__(self, name: str, weights_path: Path | None, *, batch_size: int, framing: str) -> None:
+        self.name, self.weights_path, self.batch_size, self.framing = name, weights_path, batch_size, framing
+        self._extractor: Extractor | None = None
+
+    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+        if self._extractor is None:
+            self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
+                                        framing=self.framing)
+        return self._extractor.embed(images)
+
+
+def open_cache(path: Path | None, log) -> EmbeddingCache | None:
+    """The embedding cache at `path` (None = caching off)."""
+    return EmbeddingCache(path, log=log) if path else None
