@@ -31,6 +31,11 @@ class Config:
     allow_random_weights: bool = False  # only for smoke tests; results are meaningless
     framing: str = "squash"
     batch_size: int = 32
+    power: float = 1.0  # signed power normalisation; 0.5 = square root; 1 = off
+    whiten_dim: int = 0  # PCA-whitening learned on the folder, this many components; 0 = off
+    whiten_shrink: float = 1.0  # eigenvalue shrinkage towards their mean
+    dba_k: int = 0  # database-side augmentation with this many neighbours; 0 = off
+    dba_alpha: float = 3.0
     n_trees: int = 20
     search_k: int = -1
     seed: int = 42
@@ -57,7 +62,10 @@ class Config:
         _choice("framing", self.framing, FRAMINGS)
         _choice("normalisation", self.normalisation, NORMALISATIONS)
         _choice("mode", self.mode, GROUPING_MODES)
-        for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1)):
+        if not 0 < self.power <= 1:
+            raise ConfigError(f"power must be in (0, 1], got {self.power}")
+        for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1), ("whiten_dim", 0), ("dba_k", 0),
+                         ("whiten_shrink", 0), ("dba_alpha", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be >= {low}, got {getattr(self, key)}")
         if self.search_k < -1 or self.search_k == 0:
@@ -79,11 +87,13 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-# TOML layout: [models] [extraction] [index] [fusion] [grouping]; section -> {toml key: Config field}
+# TOML layout: [models] [extraction] [features] [index] [fusion] [grouping]; section -> {toml key: Config field}
 _SECTIONS: dict[str, dict[str, str]] = {
     "models": {"members": "models", "weights": "model_weights", "weights_files": "weights_files",
                "allow_random_weights": "allow_random_weights"},
     "extraction": {"framing": "framing", "batch_size": "batch_size"},
+    "features": {"power": "power", "whiten_dim": "whiten_dim", "whiten_shrink": "whiten_shrink",
+                 "dba_k": "dba_k", "dba_alpha": "dba_alpha"},
     "index": {"n_trees": "n_trees", "search_k": "search_k", "seed": "seed"},
     "fusion": {"k": "k", "normalisation": "normalisation"},
     "grouping": {"mode": "mode", "cutoff": "cutoff"},

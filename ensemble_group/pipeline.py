@@ -11,6 +11,7 @@ The CLI only parses options and calls these.
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import time
@@ -30,6 +31,7 @@ from ensemble_group.grouping import group
 from ensemble_group.features import Features, LazyExtractor, extract, open_cache
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
+from ensemble_group.postprocess import Transform, prepare
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, to_json)
 from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
@@ -65,6 +67,7 @@ class Run:
     neighbours: FusedNeighbours
     labels: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    transforms: dict[str, Transform] = field(default_factory=dict)  # query-time part of the post-processing
 
     def groups(self) -> list[dict[str, Any]]:
         """Groups sorted by size (largest first), each image with its mean fused distance to the rest."""
@@ -81,7 +84,8 @@ class Run:
         return [{"id": i, "size": len(g["images"]), **g} for i, g in enumerate(out)]
 
     def to_json(self) -> dict[str, Any]:
-        """The groups.json document: deterministic for the same images and settings."""
+        """The groups.json document: deterministic for the same images and settings (where the weights
+        were found, and timings, go to run.json: they vary between identical runs)."""
         groups = self.groups()
         return {
             "tool": "ensemble-group",
@@ -91,8 +95,7 @@ class Run:
             "n_groups": len(groups),
             "n_skipped": len(self.skipped),
             "config": self.config.to_dict(),
-            "models": [{"name": m, "weights_id": w.id, "weights_source": w.source,
-                        "dim": MODELS[m].dim, "input_size": MODELS[m].input_size}
+            "models": [{"name": m, "weights_id": w.id, "dim": MODELS[m].dim, "input_size": MODELS[m].input_size}
                        for m, w in self.weights.items()],
             "normalisers": {m: n.to_dict() for m, n in self.fusion.normalisers.items()},
             "versions": versions(),
@@ -132,6 +135,16 @@ def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str,
     """One extractor per member, each loaded on first use."""
     return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing)
             for m in config.models}
+
+
+def prepare_vectors(vectors: dict[str, np.ndarray], config: Config) -> tuple[dict[str, Transform], dict[str, np.ndarray]]:
+    """Per-model corpus-level post-processing (power, whitening, DBA) as configured; identity by default."""
+    transforms, out = {}, {}
+    for m, v in vectors.items():
+        transforms[m], out[m] = prepare(v, power=config.power, whiten_dim=config.whiten_dim,
+                                        whiten_shrink=config.whiten_shrink, dba_k=config.dba_k,
+                                        dba_alpha=config.dba_alpha, n_trees=config.n_trees, seed=config.seed)
+    return transforms, out
 
 
 def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter: Reporter = Reporter()) -> dict[str, ModelIndex]:
@@ -191,14 +204,15 @@ def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Rep
     t0 = time.perf_counter()
     feats, weights = folder_features(folder, config, reporter=reporter, weights=weights, cache_file=cache_file)
     t1 = time.perf_counter()
-    indexes = build_indexes(feats.vectors, config, reporter)
+    transforms, vectors = prepare_vectors(feats.vectors, config)
+    indexes = build_indexes(vectors, config, reporter)
     t2 = time.perf_counter()
-    fusion, neighbours, labels = group_vectors(feats.vectors, indexes, config)
+    fusion, neighbours, labels = group_vectors(vectors, indexes, config)
     t3 = time.perf_counter()
     timings = {"features": round(t1 - t0, 3), "index": round(t2 - t1, 3), "group": round(t3 - t2, 3),
                "total": round(t3 - t0, 3), "extracted": feats.extracted, "from_cache": feats.cached}
-    return Run(Path(folder), config, feats.images, feats.skipped, weights, feats.vectors, fusion, indexes,
-               neighbours, labels, timings)
+    return Run(Path(folder), config, feats.images, feats.skipped, weights, vectors, fusion, indexes,
+               neighbours, labels, timings, transforms)
 
 
 def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
@@ -210,13 +224,20 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     index_dir.mkdir(parents=True, exist_ok=True)
     for name, index in run.indexes.items():
         index.save(index_dir / f"{name}.ann")
+        if name in run.transforms:
+            buf = io.BytesIO()
+            np.savez(buf, **run.transforms[name].to_arrays())
+            atomic_write(index_dir / f"{name}.transform.npz", buf.getvalue())
     group_of = {image: g["id"] for g in doc["groups"] for image in g["images"]}
     images = [display_name(im.rel) for im in run.images]
     manifest = {"input": doc["input"], "images": images, "group_of": [group_of[i] for i in images], "config": doc["config"], "models": doc["models"],
-                "normalisers": doc["normalisers"]}
+                "normalisers": doc["normalisers"],
+                "index_dims": {m: index.dim for m, index in run.indexes.items()}}
     atomic_write(index_dir / "manifest.json", to_json(manifest))
     atomic_write(out / GROUPS_CSV, groups_csv(doc["groups"]))
-    atomic_write(out / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images)}))
+    atomic_write(out / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
+                                          "weights": {m: {"path": str(w.path), "source": w.source}
+                                                      for m, w in run.weights.items()}}))
     atomic_write(out / GROUPS_JSON, to_json(doc))  # last: its presence means the run is complete
     return {"groups": out / GROUPS_JSON, "csv": out / GROUPS_CSV, "index": index_dir}
 
@@ -249,8 +270,11 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
     fusion = Fusion({}, normalisers, config.fusion_weights())
     queries, indexes = {}, {}
     for m, ex in extractors.items():
-        queries[m] = ex.embed([array])[0]
-        indexes[m] = ModelIndex.load(index_dir / f"{m}.ann", MODELS[m].dim, search_k=config.search_k)
+        transform_file = index_dir / f"{m}.transform.npz"
+        transform = Transform.from_arrays(dict(np.load(transform_file))) if transform_file.is_file() else Transform()
+        queries[m] = transform(ex.embed([array]))[0]
+        dim = manifest.get("index_dims", {}).get(m, MODELS[m].dim)
+        indexes[m] = ModelIndex.load(index_dir / f"{m}.ann", dim, search_k=config.search_k)
     cand = sorted({int(j) for m in extractors for j in indexes[m].query(queries[m], k)[0]})
     raw = {m: angular_distance(indexes[m].vectors(cand), queries[m][None, :]) for m in extractors}
     fused = fusion.combine(raw)

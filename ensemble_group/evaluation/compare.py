@@ -29,14 +29,18 @@ HASH_METHODS = ("ahash", "dhash", "phash")
 
 @dataclass(frozen=True)
 class Arm:
-    """One row of the A/B table: which vectors, which grouper, tuned or fixed cutoff."""
+    """One row of the A/B table: which vectors, which settings (changes to the config), which cutoff."""
 
     name: str
     sources: tuple[str, ...]
-    mode: str = "average"
-    normalisation: str = "robust-z"
-    k: int = 10
+    changes: tuple[tuple[str, Any], ...] = ()  # config overrides, e.g. (("mode", "seed"),)
     cutoff: float | None = None  # None = tuned on the tuning products
+
+    def config(self, base: Config) -> Config:
+        return base.replace(**dict(self.changes))
+
+
+NO_POSTPROCESSING = (("power", 1.0), ("whiten_dim", 0), ("dba_k", 0))
 
 
 @dataclass
@@ -49,14 +53,20 @@ class Subset:
 
 def default_arms(config: Config, original_model: str) -> list[Arm]:
     """The ensemble, each member alone, the original method, hashes, plain connected components."""
-    base = dict(mode=config.mode, normalisation=config.normalisation, k=config.k)
-    arms = [Arm("ensemble (" + " + ".join(config.models) + ")", config.models, **base)]
+    arms = [Arm("ensemble (" + " + ".join(config.models) + ")", config.models)]
     if len(config.models) > 1:
-        arms += [Arm(m, (m,), **base) for m in config.models]
-    arms += [Arm("ensemble, connected components", config.models, "components", config.normalisation, config.k),
-             Arm(f"original: {original_model}, seed rule, cutoff 0.60", (original_model,), "seed", "none", 5, SEED_CUTOFF),
-             Arm(f"original: {original_model}, seed rule, tuned cutoff", (original_model,), "seed", "none", 5)]
-    arms += [Arm(f"{h}, same grouper", (h,), **base) for h in HASH_METHODS]
+        arms += [Arm(m, (m,)) for m in config.models]
+    postprocessed = (config.power, config.whiten_dim, config.dba_k) != (1.0, 0, 0)
+    if postprocessed:
+        arms.append(Arm("ensemble, no post-processing", config.models, NO_POSTPROCESSING))
+    arms.append(Arm("ensemble, connected components", config.models, (("mode", "components"),)))
+    if postprocessed or config.mode != "average":
+        arms.append(Arm("ensemble, plain: average pooling, no post-processing, connected components",
+                        config.models, NO_POSTPROCESSING + (("mode", "components"),)))
+    seed_rule = NO_POSTPROCESSING + (("mode", "seed"), ("normalisation", "none"), ("k", 5))
+    arms += [Arm(f"original: {original_model}, seed rule, cutoff 0.60", (original_model,), seed_rule, SEED_CUTOFF),
+             Arm(f"original: {original_model}, seed rule, tuned cutoff", (original_model,), seed_rule)]
+    arms += [Arm(f"{h}, same grouper", (h,), NO_POSTPROCESSING) for h in HASH_METHODS]
     return arms
 
 
@@ -68,13 +78,20 @@ def split_products(products: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndar
     return tune, ~tune
 
 
-def neighbours_for(sub: Subset, arm: Arm, config: Config) -> tuple[Fusion, FusedNeighbours]:
-    vectors = {m: sub.vectors[m] for m in arm.sources}
-    fusion = Fusion.fit(vectors, arm.normalisation, {m: config.fusion_weights().get(m, 1.0) for m in arm.sources},
-                        seed=config.seed)
-    indexes = {m: ModelIndex(v.shape[1], n_trees=config.n_trees, search_k=config.search_k, seed=config.seed).build(v)
+def neighbours_for(sub: Subset, arm: Arm, config: Config) -> tuple[Fusion, FusedNeighbours, Config]:
+    """Post-process (learned on this subset, no labels), index, fuse: what the arm's grouper needs."""
+    from ensemble_group.postprocess import prepare
+
+    cfg = arm.config(config)
+    vectors = {}
+    for m in arm.sources:
+        _, vectors[m] = prepare(sub.vectors[m], power=cfg.power, whiten_dim=cfg.whiten_dim, whiten_shrink=cfg.whiten_shrink,
+                                dba_k=cfg.dba_k, dba_alpha=cfg.dba_alpha, n_trees=cfg.n_trees, seed=cfg.seed)
+    fusion = Fusion.fit(vectors, cfg.normalisation, {m: cfg.fusion_weights().get(m, 1.0) for m in arm.sources},
+                        seed=cfg.seed)
+    indexes = {m: ModelIndex(v.shape[1], n_trees=cfg.n_trees, search_k=cfg.search_k, seed=cfg.seed).build(v)
                for m, v in vectors.items()}
-    return fusion, fusion.neighbours(indexes, arm.k)
+    return fusion, fusion.neighbours(indexes, cfg.k), cfg
 
 
 def cutoff_grid(neigh: FusedNeighbours, steps: int = 60) -> np.ndarray:
@@ -87,10 +104,10 @@ def cutoff_grid(neigh: FusedNeighbours, steps: int = 60) -> np.ndarray:
 
 def sweep(sub: Subset, arm: Arm, config: Config) -> list[dict[str, float]]:
     """Pairwise and B-cubed P/R/F1 of the arm's grouping at each candidate cutoff."""
-    fusion, neigh = neighbours_for(sub, arm, config)
+    fusion, neigh, cfg = neighbours_for(sub, arm, config)
     rows = []
     for c in cutoff_grid(neigh):
-        pred = group(neigh, fusion, arm.mode, float(c), arm.k)
+        pred = group(neigh, fusion, cfg.mode, float(c), cfg.k)
         rows.append({"cutoff": float(c), **pairwise_prf(sub.true, pred), **bcubed(sub.true, pred)})
     return rows
 
@@ -103,8 +120,8 @@ def best(rows: list[dict[str, float]], key: str = "pairwise_f1") -> dict[str, fl
 def run_arm(arm: Arm, tune: Subset, test: Subset, config: Config) -> dict[str, Any]:
     """Tune the cutoff on `tune` (unless fixed), then score on `test`."""
     cutoff = arm.cutoff if arm.cutoff is not None else best(sweep(tune, arm, config))["cutoff"]
-    fusion, neigh = neighbours_for(test, arm, config)
-    pred = group(neigh, fusion, arm.mode, cutoff, arm.k)
+    fusion, neigh, cfg = neighbours_for(test, arm, config)
+    pred = group(neigh, fusion, cfg.mode, cutoff, cfg.k)
     return {"arm": arm.name, "cutoff": round(cutoff, 4), "tuned": arm.cutoff is None,
             **score(test.true, pred, neighbours=neigh.ids[:, :5])}
 
@@ -205,9 +222,9 @@ def tune(folder: Path, labels_csv: Path, config: Config, *, reporter=None, cache
     vectors, products, _, info = labelled_features(Path(folder), Path(labels_csv), config, reporter, cache_file)
     _, true = np.unique(products, return_inverse=True)
     sub = Subset(vectors, true)
-    arm = Arm("config", config.models, config.mode, config.normalisation, config.k)
+    arm = Arm("config", config.models)
     rows = sweep(sub, arm, config)
-    fusion, _ = neighbours_for(sub, arm, config)
+    fusion, _, _ = neighbours_for(sub, arm, config)
     same, diff = pair_distances(fusion, true, seed=config.seed)
     return {"curve": rows, "best_pairwise_f1": best(rows, "pairwise_f1"), "best_bcubed_f1": best(rows, "bcubed_f1"),
             "same_product_distances": same, "different_product_distances": diff, "info": info,

@@ -1,0 +1,96 @@
+"""Corpus-level feature post-processing, learned without labels on the folder being grouped.
+
+ImageNet features pooled over a whole photo mix the product with everything around it, and their
+dimensions are strongly correlated, so a few "bursty" directions dominate cosine similarity. The
+instance-retrieval literature fixes much of that without labels:
+
+* power normalisation (signed square root, `power = 0.5`) damps bursty activations;
+* PCA-whitening learned on the folder (`whiten_dim` components) decorrelates the dimensions and
+  gives rare directions their say; eigenvalues are shrunk towards their mean (`whiten_shrink`) so
+  tiny, noisy components are not blown up, and folders with fewer than MIN_WHITEN_IMAGES images skip
+  it (too few samples to estimate a covariance);
+* database-side augmentation (`dba_k`, alpha-QE weighting): each vector is replaced by the weighted
+  mean of itself and its dba_k nearest neighbours, pulling together the photos of one product.
+
+Every step maps (n, d) unit vectors to (n, d') unit vectors; `Transform` keeps what a later query
+needs (the whitening), so outside photos can be projected the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ensemble_group.extractors import l2_normalise
+
+MIN_WHITEN_IMAGES = 50
+
+
+@dataclass
+class Transform:
+    """The learned, query-time part: signed power, then (optional) centring + whitening projection."""
+
+    power: float = 1.0
+    mean: np.ndarray | None = None  # (d,)
+    projection: np.ndarray | None = None  # (d, d')
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.power != 1.0:
+            x = l2_normalise(np.sign(x) * np.abs(x) ** self.power)
+        if self.projection is not None:
+            x = l2_normalise((x - self.mean) @ self.projection)
+        return x.astype(np.float32)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {"power": np.array(self.power)}
+        if self.projection is not None:
+            out.update(mean=self.mean, projection=self.projection)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "Transform":
+        return cls(float(arrays["power"]), arrays.get("mean"), arrays.get("projection"))
+
+
+def fit_transform(x: np.ndarray, *, power: float = 1.0, whiten_dim: int = 0,
+                  whiten_shrink: float = 1.0) -> tuple[Transform, np.ndarray]:
+    """Learn power + whitening on the folder's (n, d) unit vectors; return it and the transformed vectors."""
+    t = Transform(power)
+    x = t(x)
+    n, d = x.shape
+    if whiten_dim and n >= MIN_WHITEN_IMAGES:
+        mean = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        r = min(whiten_dim, d, n - 1)
+        eig = s[:r] ** 2 / (n - 1)
+        scale = 1.0 / np.sqrt(eig + whiten_shrink * eig.mean())
+        t.mean, t.projection = mean.astype(np.float32), (vt[:r].T * scale).astype(np.float32)
+        x = l2_normalise((x - t.mean) @ t.projection)
+    return t, x.astype(np.float32)
+
+
+def augment(x: np.ndarray, neighbours: np.ndarray, alpha: float = 3.0, chunk: int = 1024) -> np.ndarray:
+    """Database-side augmentation: x_i <- normalise(x_i + sum_j max(cos_ij, 0)^alpha x_j) over i's
+    neighbours ((n, k) int array, -1 padded). Chunked: memory stays O(chunk * k * d)."""
+    out = np.empty_like(x)
+    for s in range(0, len(x), chunk):
+        xi, nbi = x[s:s + chunk], neighbours[s:s + chunk]
+        nb = x[np.maximum(nbi, 0)]  # (c, k, d)
+        w = np.clip(np.einsum("nd,nkd->nk", xi, nb), 0.0, None) ** alpha * (nbi >= 0)
+        out[s:s + chunk] = xi + np.einsum("nk,nkd->nd", w, nb)
+    return l2_normalise(out)
+
+
+def prepare(x: np.ndarray, *, power: float = 1.0, whiten_dim: int = 0, whiten_shrink: float = 1.0,
+            dba_k: int = 0, dba_alpha: float = 3.0, n_trees: int = 20, seed: int = 42) -> tuple[Transform, np.ndarray]:
+    """All configured steps for one model's (n, d) vectors: (query-time transform, database vectors)."""
+    from ensemble_group.index import ModelIndex
+
+    t, x = fit_transform(x, power=power, whiten_dim=whiten_dim, whiten_shrink=whiten_shrink)
+    if dba_k and len(x) > 1:
+        index = ModelIndex(x.shape[1], n_trees=n_trees, seed=seed).build(x)
+        k = min(dba_k, len(x) - 1)
+        neighbours = np.stack([np.pad(index.neighbours(i, k), (0, k), constant_values=-1)[:k] for i in range(len(x))])
+        x = augment(x, neighbours, dba_alpha)
+    return t, x
