@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GROUPING_MODES = ("average", "seed", "components")
+GROUPING_MODES = ("average", "seed", "components", "mutual", "graph")
 NORMALISATIONS = ("robust-z", "none")
 FRAMINGS = ("squash", "pad", "center-crop")
 
@@ -31,17 +31,17 @@ class Config:
     allow_random_weights: bool = False  # only for smoke tests; results are meaningless
     framing: str = "squash"
     batch_size: int = 32
-    power: float = 1.0  # signed power normalisation; 0.5 = square root; 1 = off
-    whiten_dim: int = 0  # PCA-whitening learned on the folder, this many components; 0 = off
+    power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
+    whiten_dim: int = 256  # PCA-whitening learned on the folder, this many components; 0 = off
     whiten_shrink: float = 1.0  # eigenvalue shrinkage towards their mean
     dba_k: int = 0  # database-side augmentation with this many neighbours; 0 = off
     dba_alpha: float = 3.0
     n_trees: int = 20
     search_k: int = -1
     seed: int = 42
-    k: int = 10
+    k: int = 20
     normalisation: str = "robust-z"
-    mode: str = "average"
+    mode: str = "graph"
     cutoff: float = -2.0
 
     def __post_init__(self) -> None:

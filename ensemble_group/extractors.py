@@ -130,20 +130,30 @@ class Extractor:
 
     def embed(self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Decoded (H, W, 3) uint8 RGB images -> (n, dim) float32, each row of unit length."""
-        from ensemble_group.images import frame
+        return self.embed_framed(frame_batch(images, self.spec.input_size, self.framing), progress)
 
-        s, bs = self.spec.input_size, self.batch_size
-        out = np.zeros((len(images), self.spec.dim), dtype=np.float32)
-        for start in range(0, len(images), bs):
-            chunk = images[start:start + bs]
-            batch = np.zeros((bs, s, s, 3), dtype=np.float32)
-            for i, image in enumerate(chunk):
-                batch[i] = frame(image, s, self.framing)
-            batch = self.spec.preprocess(batch)
-            out[start:start + len(chunk)] = np.asarray(self._forward(batch))[: len(chunk)]
+    def embed_framed(self, framed: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Already framed (n, s, s, 3) float32 0..255 images -> (n, dim) unit vectors."""
+        bs, n = self.batch_size, len(framed)
+        out = np.zeros((n, self.spec.dim), dtype=np.float32)
+        for start in range(0, n, bs):
+            chunk = framed[start:start + bs]
+            batch = np.zeros((bs, *framed.shape[1:]), dtype=np.float32)  # fixed shape: traced once
+            batch[: len(chunk)] = chunk
+            out[start:start + len(chunk)] = np.asarray(self._forward(self.spec.preprocess(batch)))[: len(chunk)]
             if progress:
                 progress(len(chunk))
         return l2_normalise(out)
+
+
+def frame_batch(images: Sequence[np.ndarray], size: int, framing: str) -> np.ndarray:
+    """Frame every image for a model's input: (n, size, size, 3) float32 0..255."""
+    from ensemble_group.images import frame
+
+    out = np.empty((len(images), size, size, 3), dtype=np.float32)
+    for i, image in enumerate(images):
+        out[i] = frame(image, size, framing)
+    return out
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:

@@ -9,13 +9,14 @@ chunk, so a killed run resumes where it stopped. Byte-identical files are extrac
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ensemble_group.cache import EmbeddingCache, model_key
-from ensemble_group.extractors import MODELS, Extractor
+from ensemble_group.extractors import MODELS, Extractor, frame_batch
 from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many
 
 CHUNK = 128  # images decoded at a time: bounds memory, and the most a kill can lose
@@ -54,18 +55,26 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
     bad: dict[str, str] = {}
     if missing:
         reporter.log(f"extracting features of {len(missing)} images ({len(unique) - len(missing)} from the cache)")
-    with reporter.task("extracting features", len(missing)) as advance:
-        for start in range(0, len(missing), CHUNK):
-            chunk = missing[start:start + CHUNK]
-            decoded = decode_many([path_of[h] for h in chunk])
+    chunks = [missing[s:s + CHUNK] for s in range(0, len(missing), CHUNK)]
+    with reporter.task("extracting features", len(missing)) as advance, ThreadPoolExecutor(1) as ahead:
+        # decode the next chunk while the models work on this one
+        pending = ahead.submit(decode_many, [path_of[h] for h in chunks[0]]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            decoded = pending.result()
+            if i + 1 < len(chunks):
+                pending = ahead.submit(decode_many, [path_of[h] for h in chunks[i + 1]])
             ok = [(h, a) for h, a in zip(chunk, decoded) if not isinstance(a, ImageError)]
             bad.update({h: a.reason for h, a in zip(chunk, decoded) if isinstance(a, ImageError)})
+            framed: dict[tuple[int, str], np.ndarray] = {}  # one framing per input size, shared by members
             for m, ex in extractors.items():
-                todo = [(h, a) for h, a in ok if h not in found[m]]
+                todo = [t for t, (h, _) in enumerate(ok) if h not in found[m]]
                 if not todo:
                     continue
-                rows = ex.embed([a for _, a in todo])
-                new = dict(zip((h for h, _ in todo), rows))
+                key = (MODELS[m].input_size, ex.framing)
+                if key not in framed:
+                    framed[key] = frame_batch([a for _, a in ok], *key)
+                rows = ex.embed_framed(framed[key][todo])
+                new = dict(zip((ok[t][0] for t in todo), rows))
                 found[m].update(new)
                 if cache:
                     cache.put_many(keys[m], new)  # committed per chunk: a kill loses at most one chunk
@@ -86,11 +95,18 @@ class LazyExtractor:
         self.name, self.weights_path, self.batch_size, self.framing = name, weights_path, batch_size, framing
         self._extractor: Extractor | None = None
 
-    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+    @property
+    def extractor(self) -> Extractor:
         if self._extractor is None:
             self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
                                         framing=self.framing)
-        return self._extractor.embed(images)
+        return self._extractor
+
+    def embed(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.extractor.embed(images)
+
+    def embed_framed(self, framed: np.ndarray) -> np.ndarray:
+        return self.extractor.embed_framed(framed)
 
 
 def open_cache(path: Path | None, log) -> EmbeddingCache | None:

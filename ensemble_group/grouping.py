@@ -1,26 +1,27 @@
 """Turning the fused ranking into groups.
 
+Mode "graph" (the default) is average linkage over the neighbour graph: two groups merge when the
+mean fused distance of the neighbour-list pairs that exist between them is under the cutoff, and
+enough such pairs exist (at least half the size of the smaller group). Photos of one product that
+were taken from very different angles are never in each other's neighbour lists, so they do not
+count against the product; they are joined through the views in between (no split, the original's
+failure). A look-alike product touches another through one or two close pairs, which is not enough
+support (no chaining, the failure of plain connected components). Merges happen in rounds of
+mutually best partners, vectorised, with memory linear in the number of images.
+
+Mode "average" is classic average linkage inside each connected component of the cutoff graph:
+a merge needs the photos to be close on average over *all* their pairs. Strict and good on small
+products; it splits products with many varied photos (measured in benchmarks/).
+
 Mode "seed" reproduces the original rule as a baseline: images are visited in order; an image not
 yet grouped takes its k nearest neighbours under the cutoff that are not yet grouped; an image with
 no neighbour under the cutoff is paired with its nearest neighbour (joining that neighbour's group
 if it already has one). Greedy and order-dependent: it splits a product whose photos were claimed by
 an earlier image's group, which is how the original cut one product into two groups.
 
-Mode "average" (the default) has two steps:
-1. Link every pair that one image's fused neighbour list puts under the cutoff, and take connected
-   components. Any two photos of one product that are close enough end up in one component however
-   they were ordered, so nothing is split by visiting order.
-2. Inside each component run average-linkage clustering on the exact fused distances of all its
-   pairs, cut at the same cutoff. Connected components alone chain unrelated products through a
-   series of close pairs (A~B, B~C, C~D though A and D look nothing alike); average linkage merges
-   two groups only when their photos are close *on average*, so a chain breaks at its weak middle
-   while a product's catalogue shot, model shots and close-up, which are mostly close to each other,
-   stay together. Single linkage would chain; complete linkage would split a product whose back view
-   is far from its close-up; average sits between them and is the standard choice for this reason.
-Singletons are allowed: a product with one photo is a group of one.
-Mode "components" (plain connected components, step 1 alone) is kept as a baseline for `compare`.
-Memory stays linear: the only dense matrices are per component, and a component larger than
-`max_component` is first cut into pieces by raising its edge threshold until they fit.
+Modes "components" (plain connected components of the cutoff graph) and "mutual" (the same, but an
+edge needs both images in each other's top k) are baselines for `compare`.
+Singletons are allowed in every mode: a product with one photo is a group of one.
 """
 
 from __future__ import annotations
@@ -120,12 +121,77 @@ def canonical(label: np.ndarray) -> np.ndarray:
     return mapping[np.unique(label, return_inverse=True)[1]]
 
 
-def group_components(neigh: FusedNeighbours, cutoff: float) -> np.ndarray:
-    """Plain connected components of the cutoff graph: a baseline that shows the chaining problem."""
+def group_components(neigh: FusedNeighbours, cutoff: float, mutual_k: int = 0) -> np.ndarray:
+    """Connected components of the cutoff graph. Plain (mutual_k=0) it is the baseline that shows the
+    chaining problem; with mutual_k, an edge also needs each image in the other's top mutual_k."""
     n = len(neigh.ids)
-    rows, cols = np.nonzero((neigh.dist <= cutoff) & (neigh.ids >= 0))
-    graph = coo_matrix((np.ones(len(rows)), (rows, neigh.ids[rows, cols])), shape=(n, n))
+    src, dst = _edges(neigh, cutoff, mutual_k)
+    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
     return canonical(connected_components(graph, directed=False)[1])
+
+
+def _edges(neigh: FusedNeighbours, cutoff: float, mutual_k: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) of the pairs under the cutoff; with mutual_k only pairs in each other's top mutual_k."""
+    top = neigh.ids[:, :mutual_k] if mutual_k else neigh.ids
+    rows, cols = np.nonzero((neigh.dist[:, :top.shape[1]] <= cutoff) & (top >= 0))
+    src, dst = rows, top[rows, cols]
+    if mutual_k:
+        n = len(neigh.ids)
+        pair = src.astype(np.int64) * n + dst
+        back = dst.astype(np.int64) * n + src
+        keep = np.isin(back, pair)
+        src, dst = src[keep], dst[keep]
+    return src, dst
+
+
+def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5) -> np.ndarray:
+    """Average linkage over the neighbour graph only, with a support rule against chaining.
+
+    Two groups merge when the mean fused distance of the neighbour-list pairs *that exist* between
+    them is under the cutoff, and those pairs involve at least `support` x (size of the smaller group)
+    of pairs: far views of one product (never in each other's lists) do not count against it, while a
+    single look-alike pair cannot glue two products together. Merges happen in rounds of mutually
+    best partners (exact for average linkage, and vectorised), so it scales to 100k+ images.
+    """
+    n = len(neigh.ids)
+    rows, cols = np.nonzero(neigh.ids >= 0)
+    a, b, w = rows, neigh.ids[rows, cols], neigh.dist[rows, cols]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    _, first = np.unique(lo.astype(np.int64) * n + hi, return_index=True)  # each pair once
+    a, b, w = lo[first], hi[first], w[first]
+    label, size = np.arange(n), np.ones(n, dtype=np.int64)
+    while True:
+        ca, cb = label[a], label[b]
+        between = ca != cb
+        a, b, w, ca, cb = a[between], b[between], w[between], ca[between], cb[between]
+        if not len(a):
+            break
+        x, y = np.minimum(ca, cb), np.maximum(ca, cb)
+        pairs, inverse = np.unique(x.astype(np.int64) * n + y, return_inverse=True)
+        count = np.bincount(inverse)
+        mean = np.bincount(inverse, weights=w) / count
+        px, py = pairs // n, pairs % n
+        ok = (mean <= cutoff) & (count >= support * np.minimum(size[px], size[py]))
+        if not ok.any():
+            break
+        px, py, mean = px[ok], py[ok], mean[ok]
+        # each group's best partner; merge the pairs that are each other's best
+        ends = np.concatenate([px, py])
+        partner = np.concatenate([py, px])
+        order = np.lexsort((partner, np.concatenate([mean, mean]), ends))
+        ends, partner = ends[order], partner[order]
+        head = np.r_[True, ends[1:] != ends[:-1]]
+        best = np.full(n, -1)
+        best[ends[head]] = partner[head]
+        g = ends[head]
+        g = g[(best[best[g]] == g) & (g < best[g])]  # mutual best pairs: disjoint, merged together
+        if not len(g):
+            break
+        remap = np.arange(n)
+        remap[best[g]] = g
+        np.add.at(size, g, size[best[g]])
+        label = remap[label]
+    return canonical(label)
 
 
 def group(neigh: FusedNeighbours, fusion: Fusion, mode: str, cutoff: float, k: int) -> np.ndarray:
@@ -134,6 +200,10 @@ def group(neigh: FusedNeighbours, fusion: Fusion, mode: str, cutoff: float, k: i
         return group_seed(neigh, cutoff, k)
     if mode == "components":
         return group_components(neigh, cutoff)
+    if mode == "mutual":
+        return group_components(neigh, cutoff, mutual_k=k)
+    if mode == "graph":
+        return group_graph(neigh, cutoff)
     if mode == "average":
         return group_average(neigh, fusion, cutoff)
     raise ValueError(f"unknown grouping mode {mode!r}")

@@ -25,15 +25,15 @@ import numpy as np
 
 from ensemble_group import __version__
 from ensemble_group.config import Config
-from ensemble_group.extractors import MODELS, Extractor
+from ensemble_group.extractors import MODELS
 from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser
-from ensemble_group.grouping import group
 from ensemble_group.features import Features, LazyExtractor, extract, open_cache
+from ensemble_group.grouping import group
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
-from ensemble_group.postprocess import Transform, prepare
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, to_json)
+from ensemble_group.postprocess import Transform, prepare
 from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
 
 
@@ -68,20 +68,24 @@ class Run:
     labels: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     transforms: dict[str, Transform] = field(default_factory=dict)  # query-time part of the post-processing
+    _groups: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def groups(self) -> list[dict[str, Any]]:
         """Groups sorted by size (largest first), each image with its mean fused distance to the rest."""
-        out = []
-        for g in np.unique(self.labels):
-            members = np.flatnonzero(self.labels == g)
-            if len(members) > 1:
-                d = self.fusion.matrix(members)
-                dist = [round(float(x), 4) for x in d.sum(axis=1) / (len(members) - 1)]
-            else:
-                dist = [None]
-            out.append({"images": [display_name(self.images[i].rel) for i in members], "distances": dist})
-        out.sort(key=lambda g: (-len(g["images"]), g["images"][0]))
-        return [{"id": i, "size": len(g["images"]), **g} for i, g in enumerate(out)]
+        if self._groups is None:
+            order = np.argsort(self.labels, kind="stable")
+            bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
+            out = []
+            for members in np.split(order, bounds):
+                if len(members) > 1:
+                    d = self.fusion.matrix(members)
+                    dist = [round(float(x), 4) for x in d.sum(axis=1) / (len(members) - 1)]
+                else:
+                    dist = [None]
+                out.append({"images": [display_name(self.images[i].rel) for i in members], "distances": dist})
+            out.sort(key=lambda g: (-len(g["images"]), g["images"][0]))
+            self._groups = [{"id": i, "size": len(g["images"]), **g} for i, g in enumerate(out)]
+        return self._groups
 
     def to_json(self) -> dict[str, Any]:
         """The groups.json document: deterministic for the same images and settings (where the weights
@@ -222,6 +226,9 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     doc = run.to_json()
     index_dir = out / INDEX_DIR
     index_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*index_dir.glob("*.ann"), *index_dir.glob("*.transform.npz")]:
+        if stale.name.split(".")[0] not in run.indexes:  # left by an earlier run with other models
+            stale.unlink()
     for name, index in run.indexes.items():
         index.save(index_dir / f"{name}.ann")
         if name in run.transforms:
@@ -230,8 +237,8 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
             atomic_write(index_dir / f"{name}.transform.npz", buf.getvalue())
     group_of = {image: g["id"] for g in doc["groups"] for image in g["images"]}
     images = [display_name(im.rel) for im in run.images]
-    manifest = {"input": doc["input"], "images": images, "group_of": [group_of[i] for i in images], "config": doc["config"], "models": doc["models"],
-                "normalisers": doc["normalisers"],
+    manifest = {"input": doc["input"], "images": images, "group_of": [group_of[i] for i in images],
+                "config": doc["config"], "models": doc["models"], "normalisers": doc["normalisers"],
                 "index_dims": {m: index.dim for m, index in run.indexes.items()}}
     atomic_write(index_dir / "manifest.json", to_json(manifest))
     atomic_write(out / GROUPS_CSV, groups_csv(doc["groups"]))

@@ -15,6 +15,7 @@ def test_shipped_configs_load():
     seed = load_config(CONFIGS / "seed.toml")
     assert (seed.models, seed.n_trees, seed.k, seed.cutoff, seed.mode, seed.normalisation) == \
         (("resnet50",), 20, 5, 0.60, "seed", "none")
+    assert (seed.power, seed.whiten_dim, seed.dba_k) == (1.0, 0, 0)  # plain features, like the original
 
 
 def test_unknown_key_names_the_valid_ones(tmp_path):
@@ -26,7 +27,7 @@ def test_unknown_key_names_the_valid_ones(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"models": ("resnet51",)}, "unknown model 'resnet51'"),
-    ({"mode": "kmeans"}, "mode must be one of average, seed, components"),
+    ({"mode": "kmeans"}, "mode must be one of average, seed, components, mutual, graph"),
     ({"k": 0}, "k must be >= 1"),
     ({"model_weights": {"vgg16-tv": -1.0}}, "must be >= 0"),
     ({"models": ("vgg16-tv", "vgg16-tv")}, "listed twice"),
@@ -38,7 +39,7 @@ def test_bad_values(change, message):
 
 def test_overrides_keep_the_rest():
     c = load_config(CONFIGS / "offline.toml").replace(models=["mobilenet-v2"], cutoff=-3.0, k=None)
-    assert c.models == ("mobilenet-v2",) and c.cutoff == -3.0 and c.k == 10
+    assert c.models == ("mobilenet-v2",) and c.cutoff == -3.0 and c.k == 20
     assert c.fusion_weights() == {"mobilenet-v2": 1.0}
 
 

@@ -80,3 +80,27 @@ def test_canonical_numbers_groups_by_first_image():
 def test_components_mode_is_the_chaining_baseline():
     v = on_circle(np.arange(10) * 0.1)
     assert run(v, "components", 0.15).tolist() == [0] * 10
+
+
+def test_graph_mode_keeps_a_product_seen_from_many_angles_whole():
+    # one product photographed all round: 24 views along an arc 0..0.69 rad; neighbouring views are
+    # 0.03 apart, opposite views 0.69 (average linkage over all pairs cuts it into pieces).
+    # A second product sits well away.
+    views = np.linspace(0.0, 0.69, 24)
+    other = 2.0 + np.array([0.0, 0.03, 0.06])
+    v = on_circle(np.concatenate([views, other]))
+    assert len(np.unique(run(v, "average", 0.12, k=6)[:24])) > 1
+    labels = run(v, "graph", 0.12, k=6)
+    assert len(np.unique(labels[:24])) == 1 and len(np.unique(labels[24:])) == 1 and labels[0] != labels[24]
+
+
+def test_graph_mode_does_not_glue_two_products_through_one_look_alike():
+    # products A and B: 8 photos each, tight; one odd photo between them is close enough to both
+    # ends to chain A and B under plain connected components, but it is only one photo.
+    a = np.linspace(0.0, 0.07, 8)
+    b = np.linspace(0.27, 0.34, 8)
+    v = on_circle(np.concatenate([a, [0.17], b]))
+    assert run(v, "components", 0.12, k=6).tolist() == [0] * 17  # plain components chain them
+    labels = run(v, "graph", 0.12, k=6)
+    assert len(np.unique(labels[:8])) == 1 and len(np.unique(labels[9:])) == 1
+    assert labels[0] != labels[9]  # the products stay apart

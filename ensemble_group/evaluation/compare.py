@@ -59,6 +59,8 @@ def default_arms(config: Config, original_model: str) -> list[Arm]:
     postprocessed = (config.power, config.whiten_dim, config.dba_k) != (1.0, 0, 0)
     if postprocessed:
         arms.append(Arm("ensemble, no post-processing", config.models, NO_POSTPROCESSING))
+    if config.mode != "average":
+        arms.append(Arm("ensemble, average linkage", config.models, (("mode", "average"),)))
     arms.append(Arm("ensemble, connected components", config.models, (("mode", "components"),)))
     if postprocessed or config.mode != "average":
         arms.append(Arm("ensemble, plain: average pooling, no post-processing, connected components",

@@ -1,0 +1,71 @@
+"""Accuracy: the `compare` A/B table on the bundled sample and on the grocery data set.
+
+    python benchmarks/accuracy.py                          # offline config, every data set found
+    python benchmarks/accuracy.py --config configs/default.toml --sets sample grocery-810
+
+Each data set's table (Markdown) and full result (JSON) go to benchmarks/results/; the grocery
+photos are expected at ../shared/datasets/grocery (beside the checkout) or --grocery DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sets(grocery: Path) -> dict[str, tuple[Path, Path]]:
+    return {"sample": (ROOT / "samples" / "flipkart", ROOT / "samples" / "flipkart" / "labels.csv"),
+            "grocery-810": (grocery, grocery / "labels-810.csv"),
+            "grocery-packages": (grocery, grocery / "labels-packages.csv"),
+            "grocery-all": (grocery, grocery / "labels.csv")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
+    parser.add_argument("--grocery", type=Path, default=ROOT.parent / "shared" / "datasets" / "grocery")
+    parser.add_argument("--sets", nargs="+", default=["sample", "grocery-810", "grocery-packages", "grocery-all"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from ensemble_group.config import load_config
+    from ensemble_group.evaluation.compare import TABLE_COLUMNS, compare
+    from ensemble_group.evaluation.metrics import format_table
+    from ensemble_group.pipeline import Reporter
+
+    class Log(Reporter):
+        def log(self, message: str) -> None:
+            print(message, file=sys.stderr, flush=True)
+
+    config = load_config(args.config)
+    RESULTS.mkdir(exist_ok=True)
+    for name in args.sets:
+        folder, labels = sets(args.grocery)[name]
+        if not labels.is_file():
+            print(f"skipping {name}: {labels} not found", file=sys.stderr)
+            continue
+        t0 = time.perf_counter()
+        result = compare(folder, labels, config, seed=args.seed, reporter=Log())
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        result["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
+        stem = f"accuracy-{Path(args.config).stem}-{name}"
+        (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        split = result["split"]
+        table = format_table(result["rows"], TABLE_COLUMNS)
+        text = (f"## {name} ({Path(args.config).name})\n\nHeld-out products: {split['test_products']} "
+                f"({split['test_images']} images); cutoffs tuned on {split['tune_products']} other products "
+                f"({split['tune_images']} images); split by product, seed {split['seed']}.\n\n{table}\n")
+        (RESULTS / f"{stem}.md").write_text(text)
+        print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
