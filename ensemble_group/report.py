@@ -195,11 +195,11 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     parts.append(f'<nav class="toc">{nav}<div class="links">{links}</div></nav>')
     # settings
     models = "".join(f'<tr><td>{esc(m.get("name"))}</td><td><code>{esc(m.get("weights_id", ""))}</code></td>'
-                     f'<td>{esc(m.get("weights_source", ""))}</td><td>{esc(m.get("dim", ""))}</td>'
+                     f'<td>{esc(m.get("dim", ""))}</td>'
                      f'<td>{esc(m.get("input_size", ""))}</td></tr>' for m in data.get("models", []))
     kv = lambda d: "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in d.items())  # noqa: E731
     parts.append(f'<h2 id="settings">Settings</h2><div class="settings">'
-                 f'<table><tr><th>model</th><th>weights id</th><th>source</th><th>dim</th><th>input</th></tr>'
+                 f'<table><tr><th>model</th><th>weights id</th><th>dim</th><th>input</th></tr>'
                  f'{models}</table><table>{kv(cfg)}</table><table>{kv(data.get("versions", {}))}</table></div>')
     if labels:
         items = "".join(f'<li><span class="badge split">product {esc(p)} split over groups '

@@ -1,0 +1,50 @@
+"""compare and tune on the bundled sample, end to end through the CLI, real weights."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from ensemble_group.cli import app
+from ensemble_group.evaluation.compare import split_products
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "samples" / "flipkart"
+runner = CliRunner()
+
+
+def test_split_is_by_product_and_seeded():
+    products = np.array(list("aaabbbcccdddeeefff"))
+    tune, test = split_products(products, seed=3)
+    assert not set(products[tune]) & set(products[test])  # no product on both sides
+    assert len(set(products[tune])) == 3 and tune.sum() + test.sum() == len(products)
+    assert (split_products(products, seed=3)[0] == tune).all()
+
+
+def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
+    cache = tmp_path / "emb.sqlite"
+    result = runner.invoke(app, ["compare", str(SAMPLE), "--labels", str(SAMPLE / "labels.csv"),
+                                 "--out", str(tmp_path / "cmp"), "--cache-file", str(cache)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    arms = [r["arm"] for r in doc["rows"]]
+    assert arms[0].startswith("ensemble (") and {"vgg16-tv", "efficientnet-lite0", "mobilenet-v2"} <= set(arms)
+    assert any(a.startswith("original:") and "0.60" in a for a in arms)
+    assert {"ahash, same grouper", "dhash, same grouper", "phash, same grouper"} <= set(arms)
+    split = doc["split"]
+    assert split["by"] == "product" and split["tune_products"] + split["test_products"] == 6
+    for row in doc["rows"]:
+        assert row["n_images"] == split["test_images"]  # every arm scored on the held-out products only
+        assert 0 <= row["pairwise_f1"] <= 1 and 0 <= row["recall_at_1"] <= 1
+    assert "| arm |" in (tmp_path / "cmp" / "compare.md").read_text()
+
+    tuned = runner.invoke(app, ["tune", str(SAMPLE), "--labels", str(SAMPLE / "labels.csv"),
+                                "--out", str(tmp_path / "tune"), "--cache-file", str(cache)], catch_exceptions=False)
+    assert tuned.exit_code == 0, tuned.output
+    curve = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    best = curve["best_pairwise_f1"]
+    assert best["pairwise_f1"] == max(r["pairwise_f1"] for r in curve["curve"]) and best["pairwise_f1"] > 0.8
+    png = Image.open(tmp_path / "tune" / "tune.png")
+    assert png.size[0] > 800 and len(png.getcolors(1 << 20)) > 50
