@@ -83,3 +83,15 @@ def test_random_weights_only_when_asked(keras_home):
         resolve("inception_v3")
     ref = resolve("inception_v3", allow_random=True)
     assert ref.path is None and ref.source == "random"
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16", "inception_v3"])
+def test_every_keras_member_gives_its_dimension_deterministically(name):
+    """Architecture, input size and pooling of the designed trio (random weights: only shapes matter)."""
+    spec = MODELS[name]
+    extractor = Extractor(spec, None, batch_size=4)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (300, 200, 3), dtype=np.uint8) for _ in range(3)]
+    a, b = extractor.embed(images), extractor.embed(images[::-1])[::-1]
+    assert a.shape == (3, spec.dim) and extractor.model.input_shape[1:3] == (spec.input_size, spec.input_size)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # batch position does not change a vector
