@@ -142,9 +142,14 @@ class Fusion:
         for s in range(0, len(rows), chunk):
             r, c = rows[s:s + chunk], cand[s:s + chunk]
             valid = c >= 0
-            raw = {m: angular_distance(v[r][:, None, :], v[np.maximum(c, 0)]) for m, v in self.vectors.items()}
+            raw = {m: _rows_distance(v[r], v[np.maximum(c, 0)]) for m, v in self.vectors.items()}
             dist[s:s + chunk] = np.where(valid, self.combine(raw), np.inf)
         return _sort(cand, dist)
+
+
+def _rows_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angular distance of a[i] (n, d) to each b[i, j] (n, m, d), without an (n, m, d) temporary."""
+    return np.sqrt(np.clip(2.0 - 2.0 * np.einsum("nd,nmd->nm", a, b), 0.0, 4.0))
 
 
 def _pad(ids: np.ndarray, k: int) -> np.ndarray:

@@ -68,7 +68,7 @@ def test_fused_neighbours_are_the_exact_weighted_mean_over_the_union_of_candidat
         assert i not in ids and len(set(ids)) == len(ids)  # no self, no duplicates
         expected = 0.75 * fusion.normalisers["a"](angular_distance(a[i], a[ids])) + \
             0.25 * fusion.normalisers["b"](angular_distance(vectors["b"][i], vectors["b"][ids]))
-        np.testing.assert_allclose(neigh.dist[i][: len(ids)], expected, rtol=1e-6)
+        np.testing.assert_allclose(neigh.dist[i][: len(ids)], expected, rtol=1e-5)  # float32 dot products
         assert np.all(np.diff(neigh.dist[i][: len(ids)]) >= 0)  # ranked
         assert set(np.flatnonzero(labels == labels[i])) - {i} <= set(ids[:4])  # true views come first
 
