@@ -14,8 +14,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     name="ensemble-group",
@@ -29,6 +31,13 @@ app.add_typer(cache_app, name="cache")
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second of a task (rich's own speed column counts bytes)."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f}/s" if task.speed else "", style="progress.data.speed")
 
 
 class CliReporter:
@@ -49,7 +58,7 @@ class CliReporter:
                 self.log(f"{description} ({total})")
             yield lambda n: None
             return
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
         with Progress(*columns, console=err, transient=True) as bar:
             tid = bar.add_task(description, total=total)

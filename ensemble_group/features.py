@@ -56,7 +56,9 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
     if missing:
         reporter.log(f"extracting features of {len(missing)} images ({len(unique) - len(missing)} from the cache)")
     chunks = [missing[s:s + CHUNK] for s in range(0, len(missing), CHUNK)]
-    with reporter.task("extracting features", len(missing)) as advance, ThreadPoolExecutor(1) as ahead:
+    steps = len(missing) * len(extractors)  # progress counts image x model, so it moves every batch
+    with reporter.task(f"extracting features ({len(extractors)} models)", steps) as advance, \
+            ThreadPoolExecutor(1) as ahead:
         # decode the next chunk while the models work on this one
         pending = ahead.submit(decode_many, [path_of[h] for h in chunks[0]]) if chunks else None
         for i, chunk in enumerate(chunks):
@@ -68,17 +70,17 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
             framed: dict[tuple[int, str], np.ndarray] = {}  # one framing per input size, shared by members
             for m, ex in extractors.items():
                 todo = [t for t, (h, _) in enumerate(ok) if h not in found[m]]
+                advance(len(chunk) - len(todo))
                 if not todo:
                     continue
                 key = (MODELS[m].input_size, ex.framing)
                 if key not in framed:
                     framed[key] = frame_batch([a for _, a in ok], *key)
-                rows = ex.embed_framed(framed[key][todo])
+                rows = ex.embed_framed(framed[key][todo], progress=advance)
                 new = dict(zip((ok[t][0] for t in todo), rows))
                 found[m].update(new)
                 if cache:
                     cache.put_many(keys[m], new)  # committed per chunk: a kill loses at most one chunk
-            advance(len(chunk))
     kept = [im for im in images if im.sha256 not in bad]
     skipped = [Skipped(im.rel, bad[im.sha256]) for im in images if im.sha256 in bad]
     dims = {m: MODELS[m].dim for m in extractors}
@@ -105,8 +107,8 @@ class LazyExtractor:
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         return self.extractor.embed(images)
 
-    def embed_framed(self, framed: np.ndarray) -> np.ndarray:
-        return self.extractor.embed_framed(framed)
+    def embed_framed(self, framed: np.ndarray, progress=None) -> np.ndarray:
+        return self.extractor.embed_framed(framed, progress)
 
 
 def open_cache(path: Path | None, log) -> EmbeddingCache | None:

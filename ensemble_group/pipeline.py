@@ -124,12 +124,14 @@ def versions() -> dict[str, str]:
 def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str, WeightsRef]:
     """Find every model's weights before any image is read, so a missing file fails in seconds."""
     found, missing = {}, []
-    for m in config.models:
-        try:
-            found[m] = resolve(m, config.weights_files.get(m), allow_random=config.allow_random_weights,
-                               log=reporter.log)
-        except WeightsNotFound as e:
-            missing.append(str(e))
+    with reporter.task("finding weights", len(config.models)) as advance:
+        for m in config.models:
+            try:
+                found[m] = resolve(m, config.weights_files.get(m), allow_random=config.allow_random_weights,
+                                   log=reporter.log)
+            except WeightsNotFound as e:
+                missing.append(str(e))
+            advance(1)
     if missing:
         raise WeightsNotFound("\n\n".join(missing))
     return found
@@ -211,7 +213,9 @@ def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Rep
     transforms, vectors = prepare_vectors(feats.vectors, config)
     indexes = build_indexes(vectors, config, reporter)
     t2 = time.perf_counter()
-    fusion, neighbours, labels = group_vectors(vectors, indexes, config)
+    with reporter.task("fusing and grouping", 1) as advance:
+        fusion, neighbours, labels = group_vectors(vectors, indexes, config)
+        advance(1)
     t3 = time.perf_counter()
     timings = {"features": round(t1 - t0, 3), "index": round(t2 - t1, 3), "group": round(t3 - t2, 3),
                "total": round(t3 - t0, 3), "extracted": feats.extracted, "from_cache": feats.cached}
