@@ -123,7 +123,7 @@ def group(
     models: ModelsOpt = None,
     cutoff: Annotated[Optional[float], typer.Option(help="Fused-distance cutoff (config's by default; lower = stricter).")] = None,
     k: Annotated[Optional[int], typer.Option(help="Neighbours per model per image considered for grouping.")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="Grouping mode: 'average' (default) or 'seed' (the original greedy rule).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="Grouping mode: graph (default: average linkage over the neighbour graph), average, components, mutual, or seed (the original greedy rule).")] = None,
     weights: WeightsOpt = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Run with RANDOM weights when none are found (smoke tests only).")] = False,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace results already in --out.")] = False,

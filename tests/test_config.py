@@ -49,3 +49,7 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "bad.toml").write_text("[grouping\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_built_in_defaults_are_the_offline_config():
+    assert Config() == load_config(CONFIGS / "offline.toml")  # the CLI's --help promises this
