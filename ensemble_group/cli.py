@@ -101,18 +101,23 @@ def _config(config: Optional[Path], models: Optional[str], weights: Optional[lis
         _fail(str(e), 2)
 
 
-def _run(folder: Path, cfg, reporter: CliReporter, cache=None):
-    from ensemble_group.pipeline import NothingToGroup, group_folder
+def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache):
+    """Check the output folder first (before the slow part), run the pipeline, write the results."""
+    from ensemble_group.outputs import OutputExists, check_out_dir
+    from ensemble_group.pipeline import NothingToGroup, group_folder, write_run
     from ensemble_group.weights import WeightsNotFound
 
     try:
-        return group_folder(folder, cfg, reporter=reporter, cache_file=cache)
-    except WeightsNotFound as e:
+        check_out_dir(out_dir, folder, force)
+    except (OutputExists, ValueError) as e:
+        _fail(str(e))
+    try:
+        run = group_folder(folder, cfg, reporter=reporter, cache_file=cache)
+    except (WeightsNotFound, NothingToGroup) as e:
         _fail(str(e))
     except NotADirectoryError as e:
         _fail(str(e), 2)
-    except NothingToGroup as e:
-        _fail(str(e))
+    return run, write_run(run, out_dir, force=force)
 
 
 @app.command()
@@ -135,17 +140,9 @@ def group(
 
     Example: [bold]ensemble-group group samples/flipkart --config configs/offline.toml --out out/[/]
     """
-    from ensemble_group.outputs import OutputExists, check_out_dir
-    from ensemble_group.pipeline import write_run
-
     cfg = _config(config, models, weights, random_weights, cutoff=cutoff, k=k, mode=mode)
-    try:
-        check_out_dir(out_dir, folder, force)  # before the slow part, not after it
-    except (OutputExists, ValueError) as e:
-        _fail(str(e))
     reporter = CliReporter(quiet, verbose, progress)
-    run = _run(folder, cfg, reporter, _cache_arg(cache_file, no_cache))
-    paths = write_run(run, out_dir, force=force)
+    run, paths = _run_and_write(folder, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache))
     groups = run.groups()
     multi = [g for g in groups if g["size"] > 1]
     if not quiet:
@@ -169,16 +166,11 @@ def _labels_dict(labels_csv: Optional[Path], groups_json: Path) -> Optional[dict
         return None
     import os
 
-    from ensemble_group.evaluation import read_labels
+    from ensemble_group.evaluation.labels import labels_by_path
 
-    doc = json.loads(groups_json.read_text(encoding="utf-8"))
-    root = doc.get("input") or str(groups_json.parent)
-    truth = read_labels(labels_csv)
-    out_labels = {}
-    for rel, product in truth.items():
-        absolute = os.path.normpath(os.path.join(os.path.abspath(labels_csv.parent), rel))
-        out_labels[os.path.relpath(absolute, root).replace(os.sep, "/")] = product
-    return out_labels
+    root = json.loads(groups_json.read_text(encoding="utf-8")).get("input") or str(groups_json.parent)
+    return {os.path.relpath(path, root).replace(os.sep, "/"): product
+            for path, product in labels_by_path(labels_csv).items()}
 
 
 @app.command()
@@ -226,16 +218,9 @@ def index(
 
     Example: [bold]ensemble-group index samples/flipkart --config configs/offline.toml --out out/[/]
     """
-    from ensemble_group.outputs import OutputExists, check_out_dir
-    from ensemble_group.pipeline import write_run
-
     cfg = _config(config, models, weights)
-    try:
-        check_out_dir(out_dir, folder, force)
-    except (OutputExists, ValueError) as e:
-        _fail(str(e))
-    run = _run(folder, cfg, CliReporter(quiet, verbose, progress), _cache_arg(cache_file, no_cache))
-    paths = write_run(run, out_dir, force=force)
+    run, paths = _run_and_write(folder, cfg, out_dir, force, CliReporter(quiet, verbose, progress),
+                                _cache_arg(cache_file, no_cache))
     out.print(f"indexed {len(run.images)} images with {', '.join(cfg.models)} -> {paths['index']}", highlight=False)
 
 

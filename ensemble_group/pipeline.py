@@ -179,14 +179,19 @@ def default_cache_file() -> Path:
 
 
 def folder_features(folder: Path | str, config: Config, *, reporter: Reporter = Reporter(),
-                    weights: dict[str, WeightsRef] | None = None,
-                    cache_file: Path | None | str = "default") -> tuple[Features, dict[str, WeightsRef]]:
-    """Hash the folder's images and get every model's vectors (cache first). cache_file None = no cache."""
+                    weights: dict[str, WeightsRef] | None = None, cache_file: Path | None | str = "default",
+                    select: Callable[[ImageFile], bool] | None = None) -> tuple[Features, dict[str, WeightsRef]]:
+    """Hash the folder's images (those `select` keeps) and get every model's vectors, cache first.
+
+    cache_file None = no cache.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"input folder not found or not a folder: {folder}")
     weights = weights or resolve_weights(config, reporter)
     images, skipped = hash_folder(folder)
+    if select:
+        images = [im for im in images if select(im)]
     reporter.log(f"found {len(images)} images in {folder}" + (f", {len(skipped)} files skipped" if skipped else ""))
     if not images:
         raise NothingToGroup(f"no readable image in {folder}" + (f" ({len(skipped)} files skipped)" if skipped else ""))

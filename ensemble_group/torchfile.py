@@ -163,21 +163,28 @@ def _torch_globals() -> dict[tuple[str, str], Any]:
 _TORCH_GLOBALS = _torch_globals()
 
 
-class _TorchUnpickler(pickle.Unpickler):
+class _AllowListUnpickler(pickle.Unpickler):
+    """Resolves only the globals in `allowed`; anything else is refused with `refusal`."""
+
+    allowed: dict[tuple[str, str], Any] = {}
+    refusal = ""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"refusing to load global '{module}.{name}': {self.refusal}") from None
+
+
+class _TorchUnpickler(_AllowListUnpickler):
     """Admits only what a plain state dict needs; storages come via persistent ids."""
+
+    allowed = _TORCH_GLOBALS
+    refusal = "only tensors and OrderedDicts are allowed in a checkpoint read without torch"
 
     def __init__(self, file: BinaryIO, persistent_load: Callable[[Any], Any]):
         super().__init__(file)
         self._persistent = persistent_load
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _TORCH_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to load global '{module}.{name}': only tensors and "
-                "OrderedDicts are allowed in a checkpoint read without torch"
-            ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         return self._persistent(pid)
@@ -347,15 +354,9 @@ _NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class _NumpyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _NUMPY_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to load global '{module}.{name}': only numpy arrays "
-                "in (nested) dicts are allowed in a weights pickle"
-            ) from None
+class _NumpyUnpickler(_AllowListUnpickler):
+    allowed = _NUMPY_GLOBALS
+    refusal = "only numpy arrays in (nested) dicts are allowed in a weights pickle"
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError("refusing persistent id in a numpy weights pickle")

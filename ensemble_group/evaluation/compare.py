@@ -9,7 +9,6 @@ what it was tuned on. Features are computed once per model (and cached) and reus
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from ensemble_group.evaluation.metrics import pairwise_prf, bcubed, score
 from ensemble_group.fusion import FusedNeighbours, Fusion
 from ensemble_group.grouping import group
 from ensemble_group.images import ImageError, decode_many
-from ensemble_group.index import ModelIndex
 
 SEED_CUTOFF = 0.60  # the original method's raw angular cutoff
 HASH_METHODS = ("ahash", "dhash", "phash")
@@ -82,18 +80,13 @@ def split_products(products: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndar
 
 def neighbours_for(sub: Subset, arm: Arm, config: Config) -> tuple[Fusion, FusedNeighbours, Config]:
     """Post-process (learned on this subset, no labels), index, fuse: what the arm's grouper needs."""
-    from ensemble_group.postprocess import prepare
+    from ensemble_group.pipeline import build_indexes, prepare_vectors
 
     cfg = arm.config(config)
-    vectors = {}
-    for m in arm.sources:
-        _, vectors[m] = prepare(sub.vectors[m], power=cfg.power, whiten_dim=cfg.whiten_dim, whiten_shrink=cfg.whiten_shrink,
-                                dba_k=cfg.dba_k, dba_alpha=cfg.dba_alpha, n_trees=cfg.n_trees, seed=cfg.seed)
-    fusion = Fusion.fit(vectors, cfg.normalisation, {m: cfg.fusion_weights().get(m, 1.0) for m in arm.sources},
+    _, vectors = prepare_vectors({m: sub.vectors[m] for m in arm.sources}, cfg)
+    fusion = Fusion.fit(vectors, cfg.normalisation, {m: cfg.model_weights.get(m, 1.0) for m in arm.sources},
                         seed=cfg.seed)
-    indexes = {m: ModelIndex(v.shape[1], n_trees=cfg.n_trees, search_k=cfg.search_k, seed=cfg.seed).build(v)
-               for m, v in vectors.items()}
-    return fusion, fusion.neighbours(indexes, cfg.k), cfg
+    return fusion, fusion.neighbours(build_indexes(vectors, cfg), cfg.k), cfg
 
 
 def cutoff_grid(neigh: FusedNeighbours, steps: int = 60) -> np.ndarray:
@@ -104,13 +97,12 @@ def cutoff_grid(neigh: FusedNeighbours, steps: int = 60) -> np.ndarray:
     return np.unique(np.quantile(d, np.linspace(0.0, 0.6, steps)))
 
 
-def sweep(sub: Subset, arm: Arm, config: Config) -> list[dict[str, float]]:
-    """Pairwise and B-cubed P/R/F1 of the arm's grouping at each candidate cutoff."""
-    fusion, neigh, cfg = neighbours_for(sub, arm, config)
+def sweep(true: np.ndarray, fusion: Fusion, neigh: FusedNeighbours, cfg: Config) -> list[dict[str, float]]:
+    """Pairwise and B-cubed P/R/F1 of the grouping at each candidate cutoff (see `neighbours_for`)."""
     rows = []
     for c in cutoff_grid(neigh):
         pred = group(neigh, fusion, cfg.mode, float(c), cfg.k)
-        rows.append({"cutoff": float(c), **pairwise_prf(sub.true, pred), **bcubed(sub.true, pred)})
+        rows.append({"cutoff": float(c), **pairwise_prf(true, pred), **bcubed(true, pred)})
     return rows
 
 
@@ -121,7 +113,7 @@ def best(rows: list[dict[str, float]], key: str = "pairwise_f1") -> dict[str, fl
 
 def run_arm(arm: Arm, tune: Subset, test: Subset, config: Config) -> dict[str, Any]:
     """Tune the cutoff on `tune` (unless fixed), then score on `test`."""
-    cutoff = arm.cutoff if arm.cutoff is not None else best(sweep(tune, arm, config))["cutoff"]
+    cutoff = arm.cutoff if arm.cutoff is not None else best(sweep(tune.true, *neighbours_for(tune, arm, config)))["cutoff"]
     fusion, neigh, cfg = neighbours_for(test, arm, config)
     pred = group(neigh, fusion, cfg.mode, cutoff, cfg.k)
     return {"arm": arm.name, "cutoff": round(cutoff, 4), "tuned": arm.cutoff is None,
@@ -143,34 +135,27 @@ def hash_features(paths: list[Path], chunk: int = 256) -> dict[str, np.ndarray]:
     return {h: np.concatenate(v) for h, v in out.items()}
 
 
-def labelled_features(folder: Path, labels_csv: Path, config: Config, reporter, cache_file="default"):
-    """Features of the folder's labelled images: (vectors per source, true product names, rel paths, info)."""
-    from ensemble_group.evaluation.labels import read_labels
-    from ensemble_group.features import extract, open_cache
-    from ensemble_group.images import hash_folder
-    from ensemble_group.pipeline import default_cache_file, load_extractors, resolve_weights
+def labelled_features(folder: Path, labels_csv: Path, config: Config, reporter, cache_file="default", *,
+                      hashes: bool = True):
+    """Features of the folder's labelled images (and their perceptual hashes, for the baselines):
+    (vectors per source, true product names, rel paths, info)."""
+    from ensemble_group.evaluation.labels import absolute_path, labels_by_path
+    from ensemble_group.pipeline import NothingToGroup, folder_features
 
-    truth = read_labels(labels_csv)
-    by_abs = {os.path.normpath(os.path.join(os.path.abspath(labels_csv.parent), p)): prod for p, prod in truth.items()}
-    weights = resolve_weights(config, reporter)
-    images, skipped = hash_folder(folder)
-    images = [im for im in images if os.path.normpath(os.path.abspath(im.path)) in by_abs]
-    if not images:
-        raise ValueError(f"no image of {folder} is listed in {labels_csv}")
-    reporter.log(f"{len(images)} labelled images in {folder}")
-    cache_path = default_cache_file() if cache_file == "default" else cache_file
-    cache = open_cache(Path(cache_path) if cache_path else None, reporter.log)
+    by_abs = labels_by_path(labels_csv)
+    key = lambda im: absolute_path(folder, im.rel)  # noqa: E731
     try:
-        feats = extract(images, load_extractors(config, weights), {m: w.id for m, w in weights.items()}, cache, reporter)
-    finally:
-        if cache:
-            cache.close()
+        feats, weights = folder_features(folder, config, reporter=reporter, cache_file=cache_file,
+                                         select=lambda im: key(im) in by_abs)
+    except NothingToGroup:
+        raise ValueError(f"no readable image of {folder} is listed in {labels_csv}") from None
     vectors = dict(feats.vectors)
-    with reporter.task("perceptual hashes", 1) as advance:
-        vectors.update(hash_features([im.path for im in feats.images]))
-        advance(1)
-    products = np.array([by_abs[os.path.normpath(os.path.abspath(im.path))] for im in feats.images])
-    info = {"n_labelled": len(truth), "n_used": len(feats.images), "skipped": [s.__dict__ for s in skipped + feats.skipped],
+    if hashes:
+        with reporter.task("perceptual hashes", 1) as advance:
+            vectors.update(hash_features([im.path for im in feats.images]))
+            advance(1)
+    products = np.array([by_abs[key(im)] for im in feats.images])
+    info = {"n_labelled": len(by_abs), "n_used": len(feats.images), "skipped": [s.__dict__ for s in feats.skipped],
             "weights": {m: w.id for m, w in weights.items()}}
     return vectors, products, [im.rel for im in feats.images], info
 
@@ -221,12 +206,11 @@ def tune(folder: Path, labels_csv: Path, config: Config, *, reporter=None, cache
     from ensemble_group.pipeline import Reporter
 
     reporter = reporter or Reporter()
-    vectors, products, _, info = labelled_features(Path(folder), Path(labels_csv), config, reporter, cache_file)
+    vectors, products, _, info = labelled_features(Path(folder), Path(labels_csv), config, reporter, cache_file,
+                                                   hashes=False)
     _, true = np.unique(products, return_inverse=True)
-    sub = Subset(vectors, true)
-    arm = Arm("config", config.models)
-    rows = sweep(sub, arm, config)
-    fusion, _, _ = neighbours_for(sub, arm, config)
+    fusion, neigh, cfg = neighbours_for(Subset(vectors, true), Arm("config", config.models), config)
+    rows = sweep(true, fusion, neigh, cfg)
     same, diff = pair_distances(fusion, true, seed=config.seed)
     return {"curve": rows, "best_pairwise_f1": best(rows, "pairwise_f1"), "best_bcubed_f1": best(rows, "bcubed_f1"),
             "same_product_distances": same, "different_product_distances": diff, "info": info,

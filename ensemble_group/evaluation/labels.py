@@ -25,6 +25,17 @@ def _abs(root: Path | str, rel: str) -> str:
     return os.path.normpath(os.path.abspath(os.path.join(os.fspath(root), _norm(rel))))
 
 
+def absolute_path(root: Path | str, rel: str) -> str:
+    """The normalised absolute path that both groups.json and a labels CSV are matched on."""
+    return _abs(root, rel)
+
+
+def labels_by_path(csv_path: Path) -> dict[str, str]:
+    """read_labels keyed by normalised absolute path instead of CSV-relative path."""
+    root = Path(csv_path).parent
+    return {_abs(root, rel): product for rel, product in read_labels(csv_path).items()}
+
+
 def read_labels(csv_path: Path) -> dict[str, str]:
     """Map image path (relative to the CSV's folder) -> product from an `image,product` CSV.
 
