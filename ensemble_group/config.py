@@ -31,6 +31,7 @@ class Config:
     allow_random_weights: bool = False  # only for smoke tests; results are meaningless
     framing: str = "squash"
     batch_size: int = 32
+    winograd: bool = True  # Winograd 3x3 convolutions + XLA where they pay: same features, faster
     power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
     whiten_dim: int = 256  # PCA-whitening learned on the folder, this many components; 0 = off
     whiten_shrink: float = 1.0  # eigenvalue shrinkage towards their mean
@@ -43,6 +44,7 @@ class Config:
     normalisation: str = "robust-z"
     mode: str = "graph"
     cutoff: float = -2.0
+    alone_margin: float = 0.0  # an image left alone joins a clearly nearest neighbour's group; 0 = off
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -59,13 +61,15 @@ class Config:
                 raise ConfigError(f"model_weights.{name} must be >= 0, got {w}")
         if self.model_weights and sum(self.model_weights.get(m, 1.0) for m in self.models) <= 0:
             raise ConfigError("model_weights: the models in use all have weight 0")
+        if not isinstance(self.winograd, bool):
+            raise ConfigError(f"winograd must be true or false, got {self.winograd!r}")
         _choice("framing", self.framing, FRAMINGS)
         _choice("normalisation", self.normalisation, NORMALISATIONS)
         _choice("mode", self.mode, GROUPING_MODES)
         if not 0 < self.power <= 1:
             raise ConfigError(f"power must be in (0, 1], got {self.power}")
         for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1), ("whiten_dim", 0), ("dba_k", 0),
-                         ("whiten_shrink", 0), ("dba_alpha", 0)):
+                         ("whiten_shrink", 0), ("dba_alpha", 0), ("alone_margin", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be >= {low}, got {getattr(self, key)}")
         if self.search_k < -1 or self.search_k == 0:
@@ -91,12 +95,12 @@ class Config:
 _SECTIONS: dict[str, dict[str, str]] = {
     "models": {"members": "models", "weights": "model_weights", "weights_files": "weights_files",
                "allow_random_weights": "allow_random_weights"},
-    "extraction": {"framing": "framing", "batch_size": "batch_size"},
+    "extraction": {"framing": "framing", "batch_size": "batch_size", "winograd": "winograd"},
     "features": {"power": "power", "whiten_dim": "whiten_dim", "whiten_shrink": "whiten_shrink",
                  "dba_k": "dba_k", "dba_alpha": "dba_alpha"},
     "index": {"n_trees": "n_trees", "search_k": "search_k", "seed": "seed"},
     "fusion": {"k": "k", "normalisation": "normalisation"},
-    "grouping": {"mode": "mode", "cutoff": "cutoff"},
+    "grouping": {"mode": "mode", "cutoff": "cutoff", "alone_margin": "alone_margin"},
 }
 
 

@@ -93,15 +93,17 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
 class LazyExtractor:
     """An Extractor built on first use: loading a model costs seconds, and a cache hit needs none."""
 
-    def __init__(self, name: str, weights_path: Path | None, *, batch_size: int, framing: str) -> None:
+    def __init__(self, name: str, weights_path: Path | None, *, batch_size: int, framing: str,
+                 winograd: bool = True) -> None:
         self.name, self.weights_path, self.batch_size, self.framing = name, weights_path, batch_size, framing
+        self.winograd = winograd
         self._extractor: Extractor | None = None
 
     @property
     def extractor(self) -> Extractor:
         if self._extractor is None:
             self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
-                                        framing=self.framing)
+                                        framing=self.framing, winograd=self.winograd)
         return self._extractor
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:

@@ -21,7 +21,9 @@ an earlier image's group, which is how the original cut one product into two gro
 
 Modes "components" (plain connected components of the cutoff graph) and "mutual" (the same, but an
 edge needs both images in each other's top k) are baselines for `compare`.
-Singletons are allowed in every mode: a product with one photo is a group of one.
+Singletons are allowed in every mode: a product with one photo is a group of one. With
+`alone_margin` > 0, `attach_alone` then gives an image left alone to the group of a clearly nearest
+neighbour (off by default: it did not help on grocery, see benchmarks/).
 """
 
 from __future__ import annotations
@@ -194,16 +196,46 @@ def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5) -> 
     return canonical(label)
 
 
-def group(neigh: FusedNeighbours, fusion: Fusion, mode: str, cutoff: float, k: int) -> np.ndarray:
-    """Dispatch on the configured mode."""
+def attach_alone(label: np.ndarray, neigh: FusedNeighbours, margin: float) -> np.ndarray:
+    """Put an image left alone into its nearest neighbour's group when that neighbour stands out.
+
+    A close-up or an odd view of a product can be far from every photo by the cutoff's measure and
+    still be plainly nearer to one product than to anything else. An image alone in its group joins
+    the group of its nearest neighbour when that neighbour is nearer than a typical unrelated pair
+    (fused distance < 0) and nearer, by at least `margin`, than the nearest image of any other
+    group. Only images that were alone move, each at most once, so no chain can form. margin <= 0: off.
+    """
+    if margin <= 0:
+        return label
+    n = len(label)
+    alone = np.flatnonzero(np.bincount(label, minlength=n)[label] == 1)
+    out = label.copy()
+    for i in alone:
+        ids, dist = neigh.ids[i], neigh.dist[i]
+        valid = ids >= 0
+        ids, dist = ids[valid], dist[valid]
+        if not len(ids) or dist[0] >= 0:
+            continue
+        target = out[ids[0]]  # `out`: two lone images that are each other's nearest end up together
+        other = dist[out[ids] != target]
+        if not len(other) or other[0] - dist[0] >= margin:
+            out[i] = target
+    return canonical(out)
+
+
+def group(neigh: FusedNeighbours, fusion: Fusion, mode: str, cutoff: float, k: int,
+          alone_margin: float = 0.0) -> np.ndarray:
+    """Dispatch on the configured mode, then `attach_alone` with `alone_margin`."""
     if mode == "seed":
-        return group_seed(neigh, cutoff, k)
-    if mode == "components":
-        return group_components(neigh, cutoff)
-    if mode == "mutual":
-        return group_components(neigh, cutoff, mutual_k=k)
-    if mode == "graph":
-        return group_graph(neigh, cutoff)
-    if mode == "average":
-        return group_average(neigh, fusion, cutoff)
-    raise ValueError(f"unknown grouping mode {mode!r}")
+        label = group_seed(neigh, cutoff, k)
+    elif mode == "components":
+        label = group_components(neigh, cutoff)
+    elif mode == "mutual":
+        label = group_components(neigh, cutoff, mutual_k=k)
+    elif mode == "graph":
+        label = group_graph(neigh, cutoff)
+    elif mode == "average":
+        label = group_average(neigh, fusion, cutoff)
+    else:
+        raise ValueError(f"unknown grouping mode {mode!r}")
+    return attach_alone(label, neigh, alone_margin)

@@ -139,7 +139,8 @@ def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str
 
 def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
     """One extractor per member, each loaded on first use."""
-    return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing)
+    return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing,
+                             winograd=config.winograd)
             for m in config.models}
 
 
@@ -168,7 +169,8 @@ def group_vectors(vectors: dict[str, np.ndarray], indexes: dict[str, ModelIndex]
     """Normalise, fuse and group already-extracted vectors: (fusion, fused neighbours, (n,) labels)."""
     fusion = Fusion.fit(vectors, config.normalisation, config.fusion_weights(), seed=config.seed)
     neighbours = fusion.neighbours(indexes, config.k)
-    return fusion, neighbours, group(neighbours, fusion, config.mode, config.cutoff, config.k)
+    return fusion, neighbours, group(neighbours, fusion, config.mode, config.cutoff, config.k,
+                                     config.alone_margin)
 
 
 def default_cache_file() -> Path:

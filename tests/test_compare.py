@@ -33,6 +33,7 @@ def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
     assert arms[0].startswith("ensemble (") and {"vgg16-tv", "efficientnet-lite0", "mobilenet-v2"} <= set(arms)
     assert any(a.startswith("original:") and "0.60" in a for a in arms)
     assert {"ahash, same grouper", "dhash, same grouper", "phash, same grouper"} <= set(arms)
+    assert "ensemble + lone-image rule (margin 1)" in arms  # every candidate option has its A/B row
     split = doc["split"]
     assert split["by"] == "product" and split["tune_products"] + split["test_products"] == 6
     for row in doc["rows"]:

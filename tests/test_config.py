@@ -31,6 +31,8 @@ def test_unknown_key_names_the_valid_ones(tmp_path):
     ({"k": 0}, "k must be >= 1"),
     ({"model_weights": {"vgg16-tv": -1.0}}, "must be >= 0"),
     ({"models": ("vgg16-tv", "vgg16-tv")}, "listed twice"),
+    ({"winograd": "yes"}, "winograd must be true or false"),
+    ({"alone_margin": -1.0}, "alone_margin must be >= 0"),
 ])
 def test_bad_values(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -49,6 +51,14 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "bad.toml").write_text("[grouping\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_extraction_and_grouping_keys_are_read(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[extraction]\nwinograd = false\n[grouping]\nalone_margin = 1.5\n")
+    c = load_config(p)
+    assert (c.winograd, c.alone_margin) == (False, 1.5)
+    assert (Config().winograd, Config().alone_margin) == (True, 0.0)
 
 
 def test_built_in_defaults_are_the_offline_config():

