@@ -73,10 +73,12 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
     for m in models:
         spec = MODELS[m]
         framed = frame_batch(images, spec.input_size, config.framing)
-        engine = Extractor(spec, weights[m].path, batch_size=config.batch_size, framing=config.framing,
-                           winograd=config.winograd).embed_framed(framed)
-        plain_vectors = l2_normalise(spec.build(weights[m].path).predict(spec.preprocess(framed), batch_size=32,
-                                                                         verbose=0))
+        extractor = Extractor(spec, weights[m].path, batch_size=config.batch_size, framing=config.framing,
+                              winograd=config.winograd)
+        engine = extractor.embed_framed(framed)
+        model = spec.build(weights[m].path)
+        model.set_weights(extractor.model.get_weights())  # same weights, random ones included
+        plain_vectors = l2_normalise(model.predict(spec.preprocess(framed), batch_size=32, verbose=0))
         lowest = min(lowest, float(np.sum(engine * plain_vectors, axis=1).min()))
     return lowest
 
