@@ -53,3 +53,16 @@ def test_vgg16_features_equal_the_direct_path(weights_cache):
     cosine = np.sum(a * b, axis=1)
     assert cosine.min() >= 0.9999, cosine
     assert not np.array_equal(a, b)  # really a different computation, not the same path twice
+
+
+def test_compiled_programs_are_kept_for_the_next_run(tmp_path):
+    """A fresh process (as a user's run is) leaves XLA's compiled program in the cache folder."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from ensemble_group.extractors import MODELS, Extractor; "
+            "Extractor(MODELS['vgg16-tv'], None, batch_size=2).embed_framed(np.zeros((2, 224, 224, 3), np.float32))")
+    env = {k: v for k, v in os.environ.items() if k != "TF_XLA_FLAGS"} | {"ENSEMBLE_GROUP_CACHE": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    assert list((tmp_path / "xla").glob("*XLA_CPU_JIT*")), "no compiled program kept"
