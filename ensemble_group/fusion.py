@@ -132,8 +132,7 @@ class Fusion:
         k = min(k, self.n - 1)
         if k < 1:
             return FusedNeighbours(np.full((self.n, 0), -1), np.full((self.n, 0), np.inf))
-        cand = np.concatenate([np.stack([_pad(indexes[m].neighbours(i, k), k) for i in range(self.n)])
-                               for m in self.models], axis=1)
+        cand = np.concatenate([indexes[m].all_neighbours(k) for m in self.models], axis=1)
         return self._rank(np.arange(self.n), cand, chunk)
 
     def _rank(self, rows: np.ndarray, cand: np.ndarray, chunk: int) -> FusedNeighbours:
@@ -150,12 +149,6 @@ class Fusion:
 def _rows_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Angular distance of a[i] (n, d) to each b[i, j] (n, m, d), without an (n, m, d) temporary."""
     return np.sqrt(np.clip(2.0 - 2.0 * np.einsum("nd,nmd->nm", a, b), 0.0, 4.0))
-
-
-def _pad(ids: np.ndarray, k: int) -> np.ndarray:
-    out = np.full(k, -1, dtype=np.int64)
-    out[: min(k, len(ids))] = ids[:k]
-    return out
 
 
 def _dedupe(cand: np.ndarray) -> np.ndarray:

@@ -47,3 +47,16 @@ def test_query_distances_are_annoys_angular_distance():
     ids, d = index.query(v[10], 3)
     assert ids[0] == 10 and d[0] < 1e-3
     np.testing.assert_allclose(d, angular_distance(v[10], v[ids]), atol=1e-3)  # sqrt amplifies float noise near 0
+
+
+def test_all_neighbours_in_threads_equal_one_query_at_a_time():
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((700, 24)).astype(np.float32)
+    index = ModelIndex(24, n_trees=5).build(v / np.linalg.norm(v, axis=1, keepdims=True))
+    together = index.all_neighbours(6, workers=3, chunk=100)
+    assert together.shape == (700, 6)
+    for i in (0, 99, 100, 350, 699):
+        assert together[i].tolist() == index.neighbours(i, 6).tolist()
+    assert (together != np.arange(700)[:, None]).all()  # never itself
+    few = ModelIndex(24).build(v[:3] / np.linalg.norm(v[:3], axis=1, keepdims=True)).all_neighbours(5)
+    assert (few[:, 2:] == -1).all() and (few[:, :2] >= 0).all()  # padded when there are fewer items
