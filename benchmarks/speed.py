@@ -43,22 +43,23 @@ def photos(n: int) -> list[Path]:
     return sorted((ROOT / "samples" / "flipkart" / "images").iterdir())[:n]
 
 
-def plain(models: list[str], files: list[Path], weights) -> float:
-    """Decode + resize with PIL, batch-32 model.predict per member: seconds, model loading included."""
+def pil_inputs(files: list[Path], size: int):
+    """What a plain implementation feeds a model: PIL decode + bilinear resize, (n, size, size, 3) float32."""
     import numpy as np
     from PIL import Image
 
+    return np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+                     for f in files])
+
+
+def plain(models: list[str], files: list[Path], weights) -> None:
+    """Decode + resize with PIL, batch-32 model.predict per member (the caller times the whole process)."""
     from ensemble_group.extractors import MODELS
 
-    t0 = time.perf_counter()
     for m in models:
         spec = MODELS[m]
         model = spec.build(weights[m].path)
-        s = spec.input_size
-        x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((s, s), Image.BILINEAR), dtype=np.float32)
-                      for f in files])
-        model.predict(spec.preprocess(x), batch_size=32, verbose=0)
-    return time.perf_counter() - t0
+        model.predict(spec.preprocess(pil_inputs(files, spec.input_size)), batch_size=32, verbose=0)
 
 
 def same_features(models: list[str], files: list[Path], weights, config) -> float:
@@ -85,18 +86,13 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
 
 def raw_predict(models: list[str], files: list[Path], weights) -> float:
     """model.predict on decoded, framed, preprocessed arrays (models loaded first): seconds."""
-    import numpy as np
-    from PIL import Image
-
     from ensemble_group.extractors import MODELS
 
     loaded, inputs = {}, {}
     for m in models:
         spec = MODELS[m]
         loaded[m] = spec.build(weights[m].path)
-        s = spec.input_size
-        inputs[m] = spec.preprocess(np.stack([np.asarray(Image.open(f).convert("RGB").resize((s, s), Image.BILINEAR),
-                                                         dtype=np.float32) for f in files]))
+        inputs[m] = spec.preprocess(pil_inputs(files, spec.input_size))
         loaded[m].predict(inputs[m][:32], batch_size=32, verbose=0)  # warm up: tracing is not inference
     t0 = time.perf_counter()
     for m in models:

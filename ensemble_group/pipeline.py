@@ -283,7 +283,8 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
         if weights[m["name"]].id != m["weights_id"]:
             reporter.log(f"WARNING: {m['name']} weights differ from the ones the index was built with")
     array = load(Path(image), Path(image).name)
-    extractors = load_extractors(config, weights)
+    # one photo: a batch of one, and no XLA compile that would cost more than it saves
+    extractors = load_extractors(config.replace(batch_size=1, winograd=False), weights)
     normalisers = {m: Normaliser(**manifest["normalisers"][m]) for m in config.models}
     fusion = Fusion({}, normalisers, config.fusion_weights())
     queries, indexes = {}, {}

@@ -261,19 +261,16 @@ def test_align_truncates_mismatch_lists(tmp_path):
     assert info["n_labelled_not_grouped"] == 30 and len(info["labelled_not_grouped"]) == 10
 
 
-def test_label_errors(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("file,product\na.jpg,x\n", "missing column.*image"),
+    ("image,product\na.jpg,x\n./a.jpg,y\n", "'x' on line 2 and 'y' on line 3"),
+    ("image,product\na.jpg,\n", "empty"),
+    ("image,product\n", "no label rows"),
+])
+def test_label_errors(tmp_path, text, message):
     bad = tmp_path / "bad.csv"
-    bad.write_text("file,product\na.jpg,x\n")
-    with pytest.raises(ValueError, match="missing column.*image"):
-        read_labels(bad)
-    bad.write_text("image,product\na.jpg,x\n./a.jpg,y\n")
-    with pytest.raises(ValueError, match="'x' on line 2 and 'y' on line 3"):
-        read_labels(bad)
-    bad.write_text("image,product\na.jpg,\n")
-    with pytest.raises(ValueError, match="empty"):
-        read_labels(bad)
-    bad.write_text("image,product\n")
-    with pytest.raises(ValueError, match="no label rows"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
         read_labels(bad)
 
 
