@@ -1,8 +1,12 @@
-"""Per-member inference speed: the engine's path with Winograd on and off, against `model.predict`.
+"""Per-member inference speed: the engine's path, the model as built, and `model.predict`.
+
+  * engine: Winograd where it pays (+ XLA) and batch normalisation folded into the convolutions;
+  * direct: the same fixed-shape graph with neither (the Keras model as built);
+  * predict: `model.predict(batch_size=32)`.
 
 In one process, on the same decoded and framed photos, the three paths take turns (`--rounds`
 times), so a noisy machine slows them alike; the best round of each is kept. Also checks that the
-Winograd path gives the same vectors as `model.predict` (lowest per-image cosine).
+engine's path gives the same vectors as `model.predict` (lowest per-image cosine).
 
     python benchmarks/members.py --models vgg16-tv efficientnet-lite0 mobilenet-v2
     python benchmarks/members.py --models resnet50 vgg16 inception_v3 --random-weights
@@ -34,15 +38,15 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> d
     spec = MODELS[name]
     path = resolve(name, allow_random=random_weights).path  # None: random weights (and only if asked)
     framed = frame_batch([load(f) for f in files], spec.input_size, "squash")
-    fast = Extractor(spec, path, winograd=True)
-    direct = Extractor(spec, path, winograd=False)
+    fast = Extractor(spec, path)
+    direct = Extractor(spec, path, winograd=False, fold=False)
     direct.model.set_weights(fast.model.get_weights())  # random weights too: all three paths share them
     model = spec.build(path)
     model.set_weights(fast.model.get_weights())
-    paths = {"winograd": lambda x: fast.embed_framed(x), "direct": lambda x: direct.embed_framed(x),
+    paths = {"engine": lambda x: fast.embed_framed(x), "direct": lambda x: direct.embed_framed(x),
              "predict": lambda x: l2_normalise(model.predict(spec.preprocess(x), batch_size=32, verbose=0))}
     out = {name: f(framed[:32]) for name, f in paths.items()}  # tracing and XLA compiling are not inference
-    cosine = float(np.sum(out["winograd"] * out["predict"], axis=1).min())
+    cosine = float(np.sum(out["engine"] * out["predict"], axis=1).min())
     best = {p: float("inf") for p in paths}
     for _ in range(rounds):
         for p, f in paths.items():
@@ -51,11 +55,11 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> d
             best[p] = min(best[p], time.perf_counter() - t0)
     n = len(files)
     return {"model": name, "weights": "random" if path is None else "real", "n_images": n,
-            "winograd_layers": fast.winograd_layers,
+            "winograd_layers": fast.winograd_layers, "folded_layers": fast.folded_layers,
             **{f"{p}_img_per_s": round(n / s, 2) for p, s in best.items()},
-            "winograd_vs_direct": round(best["direct"] / best["winograd"], 2),
-            "winograd_vs_predict": round(best["predict"] / best["winograd"], 2),
-            "min_cosine_winograd_vs_predict": round(cosine, 6)}
+            "engine_vs_direct": round(best["direct"] / best["engine"], 2),
+            "engine_vs_predict": round(best["predict"] / best["engine"], 2),
+            "min_cosine_engine_vs_predict": round(cosine, 6)}
 
 
 def main() -> None:

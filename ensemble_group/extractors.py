@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble_group.fold import fold_batchnorm
 from ensemble_group.winograd import accelerate
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's start-up chatter
@@ -116,11 +117,12 @@ class Extractor:
     Batches have a fixed shape (the last one is padded) so the compiled graph is traced once. With
     `winograd`, wide 3x3 convolutions use `winograd.conv3x3` and the model is compiled with XLA,
     which fuses the tile transforms; members with no such layer run as they are (XLA slows the
-    depthwise members down).
+    depthwise members down). With `fold`, batch normalisations are folded into their convolutions
+    (`fold.fold_batchnorm`). Both give the same features as the model as built, up to float rounding.
     """
 
     def __init__(self, spec: ModelSpec, weights_path: Path | None, *, batch_size: int = 32,
-                 framing: str = "squash", winograd: bool = True) -> None:
+                 framing: str = "squash", winograd: bool = True, fold: bool = True) -> None:
         import tensorflow as tf
 
         self.spec = spec
@@ -134,6 +136,7 @@ class Extractor:
             keep_xla_programs()  # before anything that may read XLA's flags
         self.model = spec.build(weights_path)
         self.winograd_layers = accelerate(self.model) if winograd else 0
+        self.folded_layers = fold_batchnorm(self.model) if fold else 0  # after Winograd: it wraps the conv op
         self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True,
                                     jit_compile=self.winograd_layers > 0)
 
@@ -141,9 +144,14 @@ class Extractor:
         """Decoded (H, W, 3) uint8 RGB images -> (n, dim) float32, each row of unit length."""
         return self.embed_framed(frame_batch(images, self.spec.input_size, self.framing), progress)
 
-    def embed_framed(self, framed: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Already framed (n, s, s, 3) float32 0..255 images -> (n, dim) unit vectors."""
-        bs, n = self.batch_size, len(framed)
+    def embed_framed(self, framed: np.ndarray, progress: Callable[[int], None] | None = None,
+                     batch_size: int | None = None) -> np.ndarray:
+        """Already framed (n, s, s, 3) float32 0..255 images -> (n, dim) unit vectors.
+
+        `batch_size` (default: the extractor's) is the fixed shape the batches are padded to; keep it
+        the same across calls, each new one is traced (and compiled) again.
+        """
+        bs, n = batch_size or self.batch_size, len(framed)
         out = np.zeros((n, self.spec.dim), dtype=np.float32)
         for start in range(0, n, bs):
             chunk = framed[start:start + bs]

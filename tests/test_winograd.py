@@ -39,6 +39,8 @@ def test_only_models_where_it_pays_are_switched():
     assert [layer.name for layer in vgg.layers if "convolution_op" in vars(layer)][:2] == ["block2_conv2", "block3_conv1"]
     inception = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(299, 299, 3))
     assert winograd.accelerate(inception) == 0  # 2 wide 3x3 layers, 3 % of its work: not worth compiling
+    resnet = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(224, 224, 3))
+    assert winograd.accelerate(resnet) == 0  # 39 %: folded batch norm alone is as fast, with no compile
     assert winograd.accelerate(NETS["mobilenet-v2"].build(include_top=False)) == 0  # depthwise only
 
 
@@ -53,6 +55,15 @@ def test_vgg16_features_equal_the_direct_path(weights_cache):
     cosine = np.sum(a * b, axis=1)
     assert cosine.min() >= 0.9999, cosine
     assert not np.array_equal(a, b)  # really a different computation, not the same path twice
+
+
+def test_a_second_batch_size_in_the_same_process_gives_the_same_vectors():
+    """A notebook grouping a 3-image folder after a 2-image one: the retrace is shape-generic."""
+    extractor = Extractor(MODELS["vgg16-tv"], None, batch_size=4)
+    framed = np.random.default_rng(0).uniform(0, 255, (3, 224, 224, 3)).astype(np.float32)
+    by_two = extractor.embed_framed(framed, batch_size=2)
+    by_three = extractor.embed_framed(framed, batch_size=3)
+    assert np.sum(by_two * by_three, axis=1).min() >= 0.9999
 
 
 def test_compiled_programs_are_kept_for_the_next_run(tmp_path):
