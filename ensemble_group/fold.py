@@ -22,9 +22,10 @@ def fold_batchnorm(model) -> int:
 
     folded = 0
     for bn in model.layers:
-        if not isinstance(bn, keras.layers.BatchNormalization) or len(bn._inbound_nodes) != 1:
+        nodes = getattr(bn, "_inbound_nodes", [])  # Keras 3's functional graph; anything else: not folded
+        if not isinstance(bn, keras.layers.BatchNormalization) or len(nodes) != 1:
             continue
-        parents = bn._inbound_nodes[0].parent_nodes
+        parents = getattr(nodes[0], "parent_nodes", [])
         conv = parents[0].operation if len(parents) == 1 else None
         if (type(conv) not in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
                 or len(conv._inbound_nodes) != 1 or len(conv._outbound_nodes) != 1

