@@ -1,4 +1,4 @@
-"""Batch normalisation folded into the convolution before it: one pass over the activations, not five.
+"""Batch normalisation folded into the convolution before it: one pass over the activations, not several.
 
 At inference a BatchNormalization layer is a fixed per-channel affine map, y = x * scale + shift. After
 a convolution it moves into the kernel (kernel * scale) and a bias (shift + bias * scale): the same
