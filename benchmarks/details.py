@@ -28,6 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import RESULTS, ROOT, cpu  # noqa: E402
 
+from ensemble_group.extractors import l2_normalise  # noqa: E402
+
 WINDOWS = (4, 6, 8)  # window sides in cells of the stride-16 map (block5_conv3), half-overlapping
 
 
@@ -57,10 +59,6 @@ def conv_map(model, path: Path, long_side: int) -> np.ndarray:
     return model(MODELS["vgg16-tv"].preprocess(x))[0].numpy()
 
 
-def unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
 def regions(fmap: np.ndarray) -> np.ndarray:
     """(r, 512) unit vectors: average-pooled square windows of WINDOWS cells, stride half a window."""
     h, w, _ = fmap.shape
@@ -71,7 +69,7 @@ def regions(fmap: np.ndarray) -> np.ndarray:
         for y in range(0, h - side + 1, step):
             for x in range(0, w - side + 1, step):
                 out.append(fmap[y:y + side, x:x + side].mean(axis=(0, 1)))
-    return unit(np.array(out))
+    return l2_normalise(np.array(out))
 
 
 def main() -> None:
@@ -85,7 +83,7 @@ def main() -> None:
     rows = list(csv.reader(open(args.labels or folder / "labels.csv")))[1:]
     files, product = [folder / r[0] for r in rows], np.array([r[1] for r in rows])
     model = feature_map_model()
-    whole = unit(np.array([conv_map(model, f, 224).mean(axis=(0, 1)) for f in files]))
+    whole = l2_normalise(np.array([conv_map(model, f, 224).mean(axis=(0, 1)) for f in files]))
     own = product[:, None] == product[None, :]
     np.fill_diagonal(own, False)
     other = product[:, None] != product[None, :]

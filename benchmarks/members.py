@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import RESULTS, cpu, photos  # noqa: E402
+from speed import RESULTS, cpu, photos, predicted, twin  # noqa: E402
 
 
 def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> dict:
     import numpy as np
 
-    from ensemble_group.extractors import MODELS, Extractor, frame_batch, l2_normalise
+    from ensemble_group.extractors import MODELS, Extractor, frame_batch
     from ensemble_group.images import load
     from ensemble_group.weights import resolve
 
@@ -41,10 +41,9 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> d
     fast = Extractor(spec, path)
     direct = Extractor(spec, path, winograd=False, fold=False)
     direct.model.set_weights(fast.model.get_weights())  # random weights too: all three paths share them
-    model = spec.build(path)
-    model.set_weights(fast.model.get_weights())
+    model = twin(spec, path, fast)
     paths = {"engine": lambda x: fast.embed_framed(x), "direct": lambda x: direct.embed_framed(x),
-             "predict": lambda x: l2_normalise(model.predict(spec.preprocess(x), batch_size=32, verbose=0))}
+             "predict": lambda x: predicted(spec, model, x)}
     out = {name: f(framed[:32]) for name, f in paths.items()}  # tracing and XLA compiling are not inference
     cosine = float(np.sum(out["engine"] * out["predict"], axis=1).min())
     best = {p: float("inf") for p in paths}

@@ -62,11 +62,25 @@ def plain(models: list[str], files: list[Path], weights) -> None:
         model.predict(spec.preprocess(pil_inputs(files, spec.input_size)), batch_size=32, verbose=0)
 
 
+def twin(spec, path, extractor):
+    """`model.predict`'s side of a comparison: the model as built, with the extractor's weights (random too)."""
+    model = spec.build(path)
+    model.set_weights(extractor.model.get_weights())
+    return model
+
+
+def predicted(spec, model, framed):
+    """Unit vectors from a plain batch-32 `model.predict` of framed (n, s, s, 3) 0..255 images."""
+    from ensemble_group.extractors import l2_normalise
+
+    return l2_normalise(model.predict(spec.preprocess(framed), batch_size=32, verbose=0))
+
+
 def same_features(models: list[str], files: list[Path], weights, config) -> float:
     """Lowest per-image cosine between the engine's vectors and plain `model.predict` on the same arrays."""
     import numpy as np
 
-    from ensemble_group.extractors import MODELS, Extractor, frame_batch, l2_normalise
+    from ensemble_group.extractors import MODELS, Extractor, frame_batch
     from ensemble_group.images import load
 
     images = [load(f) for f in files]
@@ -77,9 +91,7 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
         extractor = Extractor(spec, weights[m].path, batch_size=config.batch_size, framing=config.framing,
                               winograd=config.winograd)
         engine = extractor.embed_framed(framed)
-        model = spec.build(weights[m].path)
-        model.set_weights(extractor.model.get_weights())  # same weights, random ones included
-        plain_vectors = l2_normalise(model.predict(spec.preprocess(framed), batch_size=32, verbose=0))
+        plain_vectors = predicted(spec, twin(spec, weights[m].path, extractor), framed)
         lowest = min(lowest, float(np.sum(engine * plain_vectors, axis=1).min()))
     return lowest
 
@@ -190,7 +202,9 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(exist_ok=True)
     name = Path(args.config).stem
-    doc = {"config": args.config, "random_weights": args.random_weights, "rounds": args.rounds, "machine": {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}, "rows": rows}
+    machine = {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}
+    doc = {"config": args.config, "random_weights": args.random_weights, "rounds": args.rounds,
+           "machine": machine, "rows": rows}
     (RESULTS / f"speed-{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {RESULTS / f'speed-{name}.json'}")
 

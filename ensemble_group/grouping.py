@@ -34,6 +34,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
+from ensemble_group.config import Config
 from ensemble_group.fusion import FusedNeighbours, Fusion
 
 
@@ -239,3 +240,9 @@ def group(neigh: FusedNeighbours, fusion: Fusion, mode: str, cutoff: float, k: i
     else:
         raise ValueError(f"unknown grouping mode {mode!r}")
     return attach_alone(label, neigh, alone_margin)
+
+
+def group_as(config: Config, neigh: FusedNeighbours, fusion: Fusion, cutoff: float | None = None) -> np.ndarray:
+    """`group` with a config's grouping settings (mode, k, alone_margin); `cutoff` overrides the config's."""
+    return group(neigh, fusion, config.mode, config.cutoff if cutoff is None else cutoff, config.k,
+                 config.alone_margin)

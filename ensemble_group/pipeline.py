@@ -28,7 +28,7 @@ from ensemble_group.config import Config
 from ensemble_group.extractors import MODELS
 from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser
 from ensemble_group.features import Features, LazyExtractor, extract, open_cache
-from ensemble_group.grouping import group
+from ensemble_group.grouping import group_as
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RUN_JSON, atomic_write,
@@ -169,8 +169,7 @@ def group_vectors(vectors: dict[str, np.ndarray], indexes: dict[str, ModelIndex]
     """Normalise, fuse and group already-extracted vectors: (fusion, fused neighbours, (n,) labels)."""
     fusion = Fusion.fit(vectors, config.normalisation, config.fusion_weights(), seed=config.seed)
     neighbours = fusion.neighbours(indexes, config.k)
-    return fusion, neighbours, group(neighbours, fusion, config.mode, config.cutoff, config.k,
-                                     config.alone_margin)
+    return fusion, neighbours, group_as(config, neighbours, fusion)
 
 
 def default_cache_file() -> Path:

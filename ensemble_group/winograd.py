@@ -71,8 +71,9 @@ def accelerate(model) -> int:
 
     Nothing is switched when those layers hold under MIN_SHARE of the model's convolution work
     (VGG16: 81 %; ResNet50: 39 %, where Winograd + XLA measured no faster than folded batch
-    normalisation alone, and costs a compile; InceptionV3: 3 %). The layers keep their weights (the transform is
-    taken from the kernel on each call, a few MFLOP), so loading other weights later stays correct.
+    normalisation alone, and costs a compile; InceptionV3: 3 %). The layers keep their weights (the
+    transform is taken from the kernel on each call, a few MFLOP), so loading other weights later
+    stays correct.
     Compile the model with XLA when this returns > 0.
     """
     convs = [layer for layer in model.layers if len(getattr(layer, "kernel", np.empty(0)).shape) == 4]

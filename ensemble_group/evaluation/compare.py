@@ -18,7 +18,7 @@ import numpy as np
 from ensemble_group.config import Config
 from ensemble_group.evaluation.metrics import pairwise_prf, bcubed, score
 from ensemble_group.fusion import FusedNeighbours, Fusion
-from ensemble_group.grouping import group
+from ensemble_group.grouping import group_as
 from ensemble_group.images import ImageError, decode_many
 
 SEED_CUTOFF = 0.60  # the original method's raw angular cutoff
@@ -108,7 +108,7 @@ def sweep(true: np.ndarray, fusion: Fusion, neigh: FusedNeighbours, cfg: Config)
     """Pairwise and B-cubed P/R/F1 of the grouping at each candidate cutoff (see `neighbours_for`)."""
     rows = []
     for c in cutoff_grid(neigh):
-        pred = group(neigh, fusion, cfg.mode, float(c), cfg.k, cfg.alone_margin)
+        pred = group_as(cfg, neigh, fusion, float(c))
         rows.append({"cutoff": float(c), **pairwise_prf(true, pred), **bcubed(true, pred)})
     return rows
 
@@ -122,7 +122,7 @@ def run_arm(arm: Arm, tune: Subset, test: Subset, config: Config) -> dict[str, A
     """Tune the cutoff on `tune` (unless fixed), then score on `test`."""
     cutoff = arm.cutoff if arm.cutoff is not None else best(sweep(tune.true, *neighbours_for(tune, arm, config)))["cutoff"]
     fusion, neigh, cfg = neighbours_for(test, arm, config)
-    pred = group(neigh, fusion, cfg.mode, cutoff, cfg.k, cfg.alone_margin)
+    pred = group_as(cfg, neigh, fusion, cutoff)
     return {"arm": arm.name, "cutoff": round(cutoff, 4), "tuned": arm.cutoff is None,
             **score(test.true, pred, neighbours=neigh.ids[:, :5])}
 
