@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--grocery", type=Path, default=ROOT.parent / "shared" / "datasets" / "grocery")
     parser.add_argument("--sets", nargs="+", default=["sample", "grocery-810", "grocery-packages", "grocery-all"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--descriptors", action="store_true",
+                        help="also the descriptor rows (other pooling, other framing, flip): extracts each set again")
     args = parser.parse_args()
 
     from ensemble_group.config import load_config
@@ -53,7 +55,7 @@ def main() -> None:
             print(f"skipping {name}: {labels} not found", file=sys.stderr)
             continue
         t0 = time.perf_counter()
-        result = compare(folder, labels, config, seed=args.seed, reporter=Log())
+        result = compare(folder, labels, config, seed=args.seed, reporter=Log(), descriptors=args.descriptors)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         result["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
         stem = f"accuracy-{Path(args.config).stem}-{name}"

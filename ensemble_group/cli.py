@@ -295,6 +295,9 @@ def compare(
     config: ConfigOpt = None, models: ModelsOpt = None, weights: WeightsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the product split (tune half / test half).")] = 0,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write compare.md and compare.json here.")] = None,
+    descriptors: Annotated[bool, typer.Option(
+        "--descriptors", help="Also the rows of the descriptor options (other pooling, other framing, flip): "
+                              "each extracts the folder again, flip at twice the cost.")] = False,
     cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:
@@ -313,7 +316,7 @@ def compare(
     cfg = _config(config, models, weights)
     try:
         result = run_compare(folder, labels, cfg, seed=seed, reporter=CliReporter(quiet, verbose, progress),
-                             cache_file=_cache_arg(cache_file, no_cache))
+                             cache_file=_cache_arg(cache_file, no_cache), descriptors=descriptors)
     except WeightsNotFound as e:
         _fail(str(e))
     except (OSError, ValueError) as e:

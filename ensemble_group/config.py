@@ -15,6 +15,7 @@ from typing import Any
 GROUPING_MODES = ("average", "seed", "components", "mutual", "graph")
 NORMALISATIONS = ("robust-z", "none")
 FRAMINGS = ("squash", "pad", "center-crop")
+POOLINGS = ("avg", "gem")
 
 
 class ConfigError(ValueError):
@@ -30,6 +31,8 @@ class Config:
     weights_files: dict[str, str] = field(default_factory=dict)  # explicit weight file per model
     allow_random_weights: bool = False  # only for smoke tests; results are meaningless
     framing: str = "squash"
+    pooling: str = "avg"  # global pooling of each member's last map: avg | gem (generalized mean, p = 3)
+    flip: bool = False  # also embed each image's mirror image and add the two vectors (2x the work)
     batch_size: int = 32  # the largest batch (see features.even_batch)
     winograd: bool = True  # Winograd 3x3 convolutions + XLA where they pay: same features, faster
     power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
@@ -42,6 +45,7 @@ class Config:
     seed: int = 42
     k: int = 20
     normalisation: str = "robust-z"
+    local_k: int = 0  # local scaling of fused distances by each image's k-nearest density; 0 = off
     mode: str = "graph"
     cutoff: float = -2.0
     alone_margin: float = 0.0  # an image left alone joins a clearly nearest neighbour's group; 0 = off
@@ -61,15 +65,17 @@ class Config:
                 raise ConfigError(f"model_weights.{name} must be >= 0, got {w}")
         if self.model_weights and sum(self.model_weights.get(m, 1.0) for m in self.models) <= 0:
             raise ConfigError("model_weights: the models in use all have weight 0")
-        if not isinstance(self.winograd, bool):
-            raise ConfigError(f"winograd must be true or false, got {self.winograd!r}")
+        for key in ("winograd", "flip"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
         _choice("framing", self.framing, FRAMINGS)
+        _choice("pooling", self.pooling, POOLINGS)
         _choice("normalisation", self.normalisation, NORMALISATIONS)
         _choice("mode", self.mode, GROUPING_MODES)
         if not 0 < self.power <= 1:
             raise ConfigError(f"power must be in (0, 1], got {self.power}")
         for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1), ("whiten_dim", 0), ("dba_k", 0),
-                         ("whiten_shrink", 0), ("dba_alpha", 0), ("alone_margin", 0)):
+                         ("local_k", 0), ("whiten_shrink", 0), ("dba_alpha", 0), ("alone_margin", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be >= {low}, got {getattr(self, key)}")
         if self.search_k < -1 or self.search_k == 0:
@@ -95,11 +101,12 @@ class Config:
 _SECTIONS: dict[str, dict[str, str]] = {
     "models": {"members": "models", "weights": "model_weights", "weights_files": "weights_files",
                "allow_random_weights": "allow_random_weights"},
-    "extraction": {"framing": "framing", "batch_size": "batch_size", "winograd": "winograd"},
+    "extraction": {"framing": "framing", "pooling": "pooling", "flip": "flip", "batch_size": "batch_size",
+                   "winograd": "winograd"},
     "features": {"power": "power", "whiten_dim": "whiten_dim", "whiten_shrink": "whiten_shrink",
                  "dba_k": "dba_k", "dba_alpha": "dba_alpha"},
     "index": {"n_trees": "n_trees", "search_k": "search_k", "seed": "seed"},
-    "fusion": {"k": "k", "normalisation": "normalisation"},
+    "fusion": {"k": "k", "normalisation": "normalisation", "local_k": "local_k"},
     "grouping": {"mode": "mode", "cutoff": "cutoff", "alone_margin": "alone_margin"},
 }
 

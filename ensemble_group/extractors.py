@@ -119,15 +119,20 @@ class Extractor:
     which fuses the tile transforms; members with no such layer run as they are (XLA slows the
     depthwise members down). With `fold`, batch normalisations are folded into their convolutions
     (`fold.fold_batchnorm`). Both give the same features as the model as built, up to float rounding.
+    `pooling` "gem" swaps the global average for a generalized mean (`gem_pooled`); `flip` adds the
+    mirror image's pooled vector to each image's (twice the work).
     """
 
     def __init__(self, spec: ModelSpec, weights_path: Path | None, *, batch_size: int = 32,
-                 framing: str = "squash", winograd: bool = True, fold: bool = True) -> None:
+                 framing: str = "squash", winograd: bool = True, fold: bool = True, pooling: str = "avg",
+                 flip: bool = False) -> None:
         import tensorflow as tf
 
         self.spec = spec
         self.batch_size = batch_size
         self.framing = framing
+        self.pooling = pooling
+        self.flip = flip
         if weights_path is None:
             import keras
 
@@ -135,7 +140,8 @@ class Extractor:
         self.model = spec.build(weights_path)
         self.winograd_layers = accelerate(self.model) if winograd else 0
         self.folded_layers = fold_batchnorm(self.model) if fold else 0  # after Winograd: it wraps the conv op
-        self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True,
+        net = self.model if pooling == "avg" else gem_pooled(self.model)
+        self._forward = tf.function(lambda x: net(x, training=False), reduce_retracing=True,
                                     jit_compile=self.winograd_layers > 0)
 
     def embed(self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -155,10 +161,35 @@ class Extractor:
             chunk = framed[start:start + bs]
             batch = np.zeros((bs, *framed.shape[1:]), dtype=np.float32)  # fixed shape: traced once
             batch[: len(chunk)] = chunk
-            out[start:start + len(chunk)] = np.asarray(self._forward(self.spec.preprocess(batch)))[: len(chunk)]
+            x = self.spec.preprocess(batch)
+            pooled = np.asarray(self._forward(x))
+            if self.flip:  # the mirror image's vector too: left/right views and poses look alike
+                pooled = pooled + np.asarray(self._forward(np.ascontiguousarray(x[:, :, ::-1])))
+            out[start:start + len(chunk)] = pooled[: len(chunk)]
             if progress:
                 progress(len(chunk))
         return l2_normalise(out)
+
+
+GEM_P = 3.0  # Radenovic et al. 2018: p = 3 is their fixed, untrained choice
+
+
+def gem_pooled(model: "keras.Model") -> "keras.Model":  # noqa: F821
+    """The same net with generalized-mean pooling, (mean x^p)^(1/p), in place of its global average.
+
+    GeM weighs each channel's strongest activations more than average pooling does, so a product's
+    distinctive print or logo counts for more than the background; every member's last map is
+    post-ReLU (x >= 0), as GeM needs. Shares the layers (and any acceleration) of `model`.
+    """
+    import keras
+
+    if not isinstance(model.layers[-1], keras.layers.GlobalAveragePooling2D):
+        raise ValueError(f"{model.name}: GeM pooling needs a net ending in global average pooling")
+    fmap = model.layers[-2].output
+    pooled = keras.layers.Lambda(
+        lambda x: keras.ops.power(keras.ops.mean(keras.ops.power(keras.ops.maximum(x, 1e-6), GEM_P), axis=(1, 2)),
+                                  1.0 / GEM_P), name="gem")(fmap)
+    return keras.Model(model.input, pooled, name=f"{model.name}_gem")
 
 
 def frame_batch(images: Sequence[np.ndarray], size: int, framing: str) -> np.ndarray:

@@ -33,8 +33,11 @@ class Features:
     cached: int = 0  # distinct images served entirely from the cache
 
 
-def settings_key(model: str, weights_id: str, framing: str) -> str:
-    return model_key(model, weights_id, framing=framing, input_size=MODELS[model].input_size)
+def settings_key(model: str, weights_id: str, framing: str, pooling: str = "avg", flip: bool = False) -> str:
+    extra = {} if pooling == "avg" else {"pooling": pooling}  # the defaults keep the keys of earlier caches
+    if flip:
+        extra["flip"] = "mean"
+    return model_key(model, weights_id, framing=framing, input_size=MODELS[model].input_size, **extra)
 
 
 def even_batch(n: int, largest: int) -> int:
@@ -56,7 +59,7 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
     path_of = {}
     for im in images:
         path_of.setdefault(im.sha256, im.path)
-    keys = {m: settings_key(m, weights_ids[m], ex.framing) for m, ex in extractors.items()}
+    keys = {m: settings_key(m, weights_ids[m], ex.framing, ex.pooling, ex.flip) for m, ex in extractors.items()}
     found: dict[str, dict[str, np.ndarray]] = {}
     for m, ex in extractors.items():
         found[m] = cache.get_many(keys[m], unique, MODELS[m].dim) if cache else {}
@@ -106,16 +109,17 @@ class LazyExtractor:
     """An Extractor built on first use: loading a model costs seconds, and a cache hit needs none."""
 
     def __init__(self, name: str, weights_path: Path | None, *, batch_size: int, framing: str,
-                 winograd: bool = True) -> None:
+                 winograd: bool = True, pooling: str = "avg", flip: bool = False) -> None:
         self.name, self.weights_path, self.batch_size, self.framing = name, weights_path, batch_size, framing
-        self.winograd = winograd
+        self.winograd, self.pooling, self.flip = winograd, pooling, flip
         self._extractor: Extractor | None = None
 
     @property
     def extractor(self) -> Extractor:
         if self._extractor is None:
             self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
-                                        framing=self.framing, winograd=self.winograd)
+                                        framing=self.framing, winograd=self.winograd, pooling=self.pooling,
+                                        flip=self.flip)
         return self._extractor
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:

@@ -16,6 +16,8 @@ as the folder grows). It is invariant to any affine change of a model's distance
 For each image the candidates are the union of every model's top-k from its Annoy index; each
 candidate's distance under every model is computed exactly from the vectors, normalised, and
 averaged with per-model weights (equal by default) into the fused distance that ranks them.
+With `local_k` > 0 the fused distances are then locally scaled (`local_offsets`); off by default,
+it lost on grocery (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class Fusion:
     """
 
     def __init__(self, vectors: dict[str, np.ndarray], normalisers: dict[str, Normaliser],
-                 weights: dict[str, float] | None = None) -> None:
+                 weights: dict[str, float] | None = None, *, local_k: int = 0) -> None:
         self.models = list(normalisers)
         self.vectors = vectors
         self.normalisers = normalisers
@@ -103,11 +105,15 @@ class Fusion:
             raise ValueError("model weights must not all be zero")
         self.weights = w / w.sum()
         self.n = len(next(iter(vectors.values()))) if vectors else 0
+        self.local_k = local_k
+        self.offset: np.ndarray | None = None  # (n,) local scaling, set by `neighbours` when local_k > 0
+        self.local_centre = 0.0  # the folder's median density, which the offsets are relative to
 
     @classmethod
     def fit(cls, vectors: dict[str, np.ndarray], method: str = "robust-z",
-            weights: dict[str, float] | None = None, *, seed: int = 42) -> "Fusion":
-        return cls(vectors, {m: fit_normaliser(v, method, seed=seed) for m, v in vectors.items()}, weights)
+            weights: dict[str, float] | None = None, *, seed: int = 42, local_k: int = 0) -> "Fusion":
+        return cls(vectors, {m: fit_normaliser(v, method, seed=seed) for m, v in vectors.items()}, weights,
+                   local_k=local_k)
 
     def combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:
         """Per-model raw distances (same shapes) -> weighted mean of normalised distances."""
@@ -115,7 +121,8 @@ class Fusion:
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Fused distance of image pairs (i[t], j[t])."""
-        return self.combine({m: angular_distance(v[i], v[j]) for m, v in self.vectors.items()})
+        d = self.combine({m: angular_distance(v[i], v[j]) for m, v in self.vectors.items()})
+        return d if self.offset is None else d - self.offset[i] - self.offset[j]
 
     def matrix(self, members: np.ndarray) -> np.ndarray:
         """Dense (m, m) fused distances among a few images (a group or component), zero diagonal."""
@@ -124,6 +131,8 @@ class Fusion:
             sub = v[members]
             raw[m] = np.sqrt(np.clip(2.0 - 2.0 * (sub @ sub.T), 0.0, 4.0))
         fused = self.combine(raw)
+        if self.offset is not None:
+            fused -= self.offset[members][:, None] + self.offset[members][None, :]
         np.fill_diagonal(fused, 0.0)
         return fused
 
@@ -133,7 +142,13 @@ class Fusion:
         if k < 1:
             return FusedNeighbours(np.full((self.n, 0), -1), np.full((self.n, 0), np.inf))
         cand = np.concatenate([indexes[m].all_neighbours(k) for m in self.models], axis=1)
-        return self._rank(np.arange(self.n), cand, chunk)
+        self.offset = None
+        neigh = self._rank(np.arange(self.n), cand, chunk)
+        if self.local_k:
+            self.offset, self.local_centre = local_offsets(neigh, self.local_k)
+            d = neigh.dist - self.offset[:, None] - self.offset[np.maximum(neigh.ids, 0)]
+            neigh = _sort(neigh.ids, np.where(neigh.ids >= 0, d, np.inf))
+        return neigh
 
     def _rank(self, rows: np.ndarray, cand: np.ndarray, chunk: int) -> FusedNeighbours:
         cand = _dedupe(cand)
@@ -144,6 +159,32 @@ class Fusion:
             raw = {m: _rows_distance(v[r], v[np.maximum(c, 0)]) for m, v in self.vectors.items()}
             dist[s:s + chunk] = np.where(valid, self.combine(raw), np.inf)
         return _sort(cand, dist)
+
+
+def local_offsets(neigh: FusedNeighbours, k: int) -> tuple[np.ndarray, float]:
+    """((n,) offsets, centre): half of each image's density relative to the folder's, (r_i - centre) / 2,
+    where r_i is the mean fused distance to its k nearest and centre the median r.
+
+    Subtracting offset_i + offset_j from d(i, j) is local scaling (CSLS, Conneau et al. 2018): a pair
+    counts as close relative to how close each image's neighbours usually are, so dense regions (many
+    near look-alikes) merge less readily and sparse ones (odd views, few photos) more.
+    """
+    r = _density(neigh.dist[:, :k])
+    centre = float(np.nanmedian(r)) if np.isfinite(r).any() else 0.0
+    return np.nan_to_num((r - centre) / 2.0, nan=0.0), centre
+
+
+def local_query(fused: np.ndarray, offsets: np.ndarray, centre: float, k: int) -> np.ndarray:
+    """Locally scaled distances of one outside image to candidates with the given offsets."""
+    own = _density(np.sort(fused)[None, :k])[0]
+    return fused - offsets - (0.0 if np.isnan(own) else (own - centre) / 2.0)
+
+
+def _density(d: np.ndarray) -> np.ndarray:
+    """(n,) mean of each row's finite distances (NaN for a row with none)."""
+    finite = np.isfinite(d)
+    r = np.where(finite, d, 0.0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+    return np.where(finite.any(axis=1), r, np.nan)
 
 
 def _rows_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

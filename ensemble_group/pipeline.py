@@ -26,7 +26,7 @@ import numpy as np
 from ensemble_group import __version__
 from ensemble_group.config import Config
 from ensemble_group.extractors import MODELS
-from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser
+from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser, local_query
 from ensemble_group.features import Features, LazyExtractor, extract, open_cache
 from ensemble_group.grouping import group_as
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
@@ -140,7 +140,7 @@ def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str
 def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
     """One extractor per member, each loaded on first use."""
     return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing,
-                             winograd=config.winograd)
+                             winograd=config.winograd, pooling=config.pooling, flip=config.flip)
             for m in config.models}
 
 
@@ -167,7 +167,8 @@ def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter: Repo
 def group_vectors(vectors: dict[str, np.ndarray], indexes: dict[str, ModelIndex], config: Config
                   ) -> tuple[Fusion, FusedNeighbours, np.ndarray]:
     """Normalise, fuse and group already-extracted vectors: (fusion, fused neighbours, (n,) labels)."""
-    fusion = Fusion.fit(vectors, config.normalisation, config.fusion_weights(), seed=config.seed)
+    fusion = Fusion.fit(vectors, config.normalisation, config.fusion_weights(), seed=config.seed,
+                        local_k=config.local_k)
     neighbours = fusion.neighbours(indexes, config.k)
     return fusion, neighbours, group_as(config, neighbours, fusion)
 
@@ -250,6 +251,9 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     manifest = {"input": doc["input"], "images": images, "group_of": [group_of[i] for i in images],
                 "config": doc["config"], "models": doc["models"], "normalisers": doc["normalisers"],
                 "index_dims": {m: index.dim for m, index in run.indexes.items()}}
+    if run.fusion.offset is not None:  # local scaling: a query's distances need the indexed images' offsets
+        manifest["local_offsets"] = [round(float(x), 6) for x in run.fusion.offset]
+        manifest["local_centre"] = run.fusion.local_centre
     atomic_write(index_dir / "manifest.json", to_json(manifest))
     atomic_write(out / GROUPS_CSV, groups_csv(doc["groups"]))
     atomic_write(out / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
@@ -296,6 +300,8 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
     cand = sorted({int(j) for m in extractors for j in indexes[m].query(queries[m], k)[0]})
     raw = {m: angular_distance(indexes[m].vectors(cand), queries[m][None, :]) for m in extractors}
     fused = fusion.combine(raw)
+    if "local_offsets" in manifest:
+        fused = local_query(fused, np.asarray(manifest["local_offsets"])[cand], manifest["local_centre"], config.local_k)
     order = np.argsort(fused, kind="stable")[:k]
     group_of = manifest["group_of"]
     return QueryResult(str(image), [{"image": manifest["images"][cand[t]], "distance": round(float(fused[t]), 4),

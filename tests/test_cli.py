@@ -5,6 +5,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -151,3 +152,21 @@ def test_help_teaches_with_an_example():
     for command in ("group", "index", "query", "evaluate", "compare", "tune", "report"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output, command
+
+
+def test_query_ranks_like_the_run_when_distances_are_locally_scaled(sample_run, tmp_path):
+    from ensemble_group import group_folder, load_config, query_index, write_run
+
+    config = load_config(OFFLINE).replace(local_k=3)
+    run = group_folder(SAMPLE, config, cache_file=sample_run / "emb.sqlite")
+    write_run(run, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "index" / "manifest.json").read_text())
+    assert len(manifest["local_offsets"]) == 20
+    i = 5
+    found = query_index(run.images[i].path, tmp_path / "out", k=6).neighbours
+    assert found[0]["image"] == manifest["images"][i]
+    # the query's own offset is one constant: the others come in the run's order, shifted alike
+    want = [manifest["images"][j] for j in run.neighbours.ids[i, :5]]
+    assert [f["image"] for f in found[1:]] == want
+    shift = np.array([f["distance"] for f in found[1:]]) - run.neighbours.dist[i, :5]
+    assert np.ptp(shift) < 1e-3

@@ -26,14 +26,18 @@ def test_split_is_by_product_and_seeded():
 def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
     cache = tmp_path / "emb.sqlite"
     result = runner.invoke(app, ["compare", str(SAMPLE), "--labels", str(SAMPLE / "labels.csv"),
-                                 "--out", str(tmp_path / "cmp"), "--cache-file", str(cache)], catch_exceptions=False)
+                                 "--out", str(tmp_path / "cmp"), "--cache-file", str(cache), "--descriptors"],
+                           catch_exceptions=False)
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     arms = [r["arm"] for r in doc["rows"]]
     assert arms[0].startswith("ensemble (") and {"vgg16-tv", "efficientnet-lite0", "mobilenet-v2"} <= set(arms)
     assert any(a.startswith("original:") and "0.60" in a for a in arms)
     assert {"ahash, same grouper", "dhash, same grouper", "phash, same grouper"} <= set(arms)
-    assert "ensemble + lone-image rule (margin 1)" in arms  # every candidate option has its A/B row
+    # every candidate option has its A/B row; the descriptor rows come from their own extractions
+    assert {"ensemble + lone-image rule (margin 1)", "ensemble + local scaling (k 10)",
+            "ensemble + database-side augmentation (k 5)", "ensemble, gem pooling",
+            "ensemble, pad framing", "ensemble + flip (mirror image added)"} <= set(arms)
     split = doc["split"]
     assert split["by"] == "product" and split["tune_products"] + split["test_products"] == 6
     for row in doc["rows"]:

@@ -33,6 +33,9 @@ def test_unknown_key_names_the_valid_ones(tmp_path):
     ({"models": ("vgg16-tv", "vgg16-tv")}, "listed twice"),
     ({"winograd": "yes"}, "winograd must be true or false"),
     ({"alone_margin": -1.0}, "alone_margin must be >= 0"),
+    ({"pooling": "max"}, "pooling must be one of avg, gem"),
+    ({"flip": 1}, "flip must be true or false"),
+    ({"local_k": -1}, "local_k must be >= 0"),
 ])
 def test_bad_values(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -55,10 +58,11 @@ def test_missing_and_broken_files(tmp_path):
 
 def test_extraction_and_grouping_keys_are_read(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text("[extraction]\nwinograd = false\n[grouping]\nalone_margin = 1.5\n")
+    p.write_text("[extraction]\nwinograd = false\npooling = \"gem\"\n[fusion]\nlocal_k = 10\n"
+                 "[grouping]\nalone_margin = 1.5\n")
     c = load_config(p)
-    assert (c.winograd, c.alone_margin) == (False, 1.5)
-    assert (Config().winograd, Config().alone_margin) == (True, 0.0)
+    assert (c.winograd, c.pooling, c.local_k, c.alone_margin) == (False, "gem", 10, 1.5)
+    assert (Config().winograd, Config().pooling, Config().local_k, Config().alone_margin) == (True, "avg", 0, 0.0)
 
 
 def test_built_in_defaults_are_the_offline_config():

@@ -89,3 +89,26 @@ def test_tiny_folders_do_not_crash():
     fusion = Fusion.fit({"a": two})
     neigh = fusion.neighbours({"a": ModelIndex(8).build(two)}, k=5)
     assert neigh.ids.tolist() == [[1], [0]]
+
+
+def test_local_scaling_brings_a_sparse_image_nearer_and_keeps_pairs_matrix_and_lists_consistent():
+    a, labels = products(n_products=12, views=4, spread=0.25)
+    rng = np.random.default_rng(3)
+    odd = l2_normalise((a[0] + 1.2 * rng.normal(size=a.shape[1])).astype(np.float32)[None])  # a far view of product 0
+    vectors = {"a": np.concatenate([a, odd])}
+    index = {"a": ModelIndex(a.shape[1], n_trees=10).build(vectors["a"])}
+    plain = Fusion.fit(vectors)
+    local = Fusion.fit(vectors, local_k=3)
+    p_neigh, l_neigh = plain.neighbours(index, k=6), local.neighbours(index, k=6)
+    last = len(a)
+    # the odd view lives in a sparse region: its offset is the largest, so its distances shrink most
+    assert local.offset.argmax() == last and local.offset[last] > 0
+    assert np.median(local.offset) == pytest.approx(0.0, abs=1e-9)
+    assert l_neigh.dist[last, 0] < p_neigh.dist[last, 0]
+    # every consumer of distances sees the same locally scaled value
+    ids = l_neigh.ids[last][l_neigh.ids[last] >= 0]
+    np.testing.assert_allclose(local.pairs(np.full(len(ids), last), ids), l_neigh.dist[last, :len(ids)], rtol=1e-5)
+    m = local.matrix(np.array([last, *ids[:2]]))
+    np.testing.assert_allclose(m[0, 1:], l_neigh.dist[last, :2], rtol=1e-5)
+    np.testing.assert_allclose(m, m.T)
+    assert plain.offset is None  # off by default: distances are the plain fused ones

@@ -39,8 +39,11 @@ class Arm:
 
 
 NO_POSTPROCESSING = (("power", 1.0), ("whiten_dim", 0), ("dba_k", 0))
-NO_LONE_RULE = (("alone_margin", 0.0),)  # baselines group as they are
+NO_LONE_RULE = (("alone_margin", 0.0),)
+BASELINE = NO_POSTPROCESSING + NO_LONE_RULE + (("local_k", 0),)  # baselines: none of the engine's refinements
 LONE_MARGIN = 1.0  # the A/B row of the lone-image rule when the config has it off
+LOCAL_K = 10  # the A/B row of local scaling when the config has it off
+DBA_K = 5  # the A/B row of database-side augmentation when the config has it off
 
 
 @dataclass
@@ -64,17 +67,38 @@ def default_arms(config: Config, original_model: str) -> list[Arm]:
     else:
         arms.append(Arm(f"ensemble + lone-image rule (margin {LONE_MARGIN:g})", config.models,
                         (("alone_margin", LONE_MARGIN),)))
+    if config.dba_k > 0:
+        arms.append(Arm("ensemble, no database-side augmentation", config.models, (("dba_k", 0),)))
+    else:
+        arms.append(Arm(f"ensemble + database-side augmentation (k {DBA_K})", config.models, (("dba_k", DBA_K),)))
+    if config.local_k > 0:
+        arms.append(Arm("ensemble, no local scaling", config.models, (("local_k", 0),)))
+    else:
+        arms.append(Arm(f"ensemble + local scaling (k {LOCAL_K})", config.models, (("local_k", LOCAL_K),)))
     if config.mode != "average":
         arms.append(Arm("ensemble, average linkage", config.models, (("mode", "average"),)))
     arms.append(Arm("ensemble, connected components", config.models, (("mode", "components"),)))
     if postprocessed or config.mode != "average":
         arms.append(Arm("ensemble, plain: average pooling, no post-processing, connected components",
-                        config.models, NO_POSTPROCESSING + NO_LONE_RULE + (("mode", "components"),)))
-    seed_rule = NO_POSTPROCESSING + NO_LONE_RULE + (("mode", "seed"), ("normalisation", "none"), ("k", 5))
+                        config.models, BASELINE + (("mode", "components"),)))
+    seed_rule = BASELINE + (("mode", "seed"), ("normalisation", "none"), ("k", 5))
     arms += [Arm(f"original: {original_model}, seed rule, cutoff 0.60", (original_model,), seed_rule, SEED_CUTOFF),
              Arm(f"original: {original_model}, seed rule, tuned cutoff", (original_model,), seed_rule)]
-    arms += [Arm(f"{h}, same grouper", (h,), NO_POSTPROCESSING + NO_LONE_RULE) for h in HASH_METHODS]
+    arms += [Arm(f"{h}, same grouper", (h,), BASELINE) for h in HASH_METHODS]
     return arms
+
+
+def descriptor_changes(config: Config) -> list[tuple[str, dict[str, Any]]]:
+    """The descriptor options, each changed from the config's setting: (row name, extraction change).
+
+    Each needs the folder extracted again with that setting (flip: at twice the cost), so `compare`
+    adds these rows only when asked (`descriptors=True`).
+    """
+    other_pooling = "avg" if config.pooling == "gem" else "gem"
+    other_framing = "squash" if config.framing == "pad" else "pad"
+    return [(f"ensemble, {other_pooling} pooling", {"pooling": other_pooling}),
+            (f"ensemble, {other_framing} framing", {"framing": other_framing}),
+            ("ensemble, no flip" if config.flip else "ensemble + flip (mirror image added)", {"flip": not config.flip})]
 
 
 def split_products(products: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +116,7 @@ def neighbours_for(sub: Subset, arm: Arm, config: Config) -> tuple[Fusion, Fused
     cfg = arm.config(config)
     _, vectors = prepare_vectors({m: sub.vectors[m] for m in arm.sources}, cfg)
     fusion = Fusion.fit(vectors, cfg.normalisation, {m: cfg.model_weights.get(m, 1.0) for m in arm.sources},
-                        seed=cfg.seed)
+                        seed=cfg.seed, local_k=cfg.local_k)
     return fusion, fusion.neighbours(build_indexes(vectors, cfg), cfg.k), cfg
 
 
@@ -179,8 +203,11 @@ def original_model(config: Config) -> str:
 
 
 def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, reporter=None,
-            cache_file="default") -> dict[str, Any]:
-    """The A/B table as a dict: rows (one per arm, scored on the test products) and how it was made."""
+            cache_file="default", descriptors: bool = False) -> dict[str, Any]:
+    """The A/B table as a dict: rows (one per arm, scored on the test products) and how it was made.
+
+    descriptors: also the rows of `descriptor_changes`, each on its own extraction of the folder.
+    """
     from ensemble_group.pipeline import Reporter
 
     reporter = reporter or Reporter()
@@ -197,6 +224,14 @@ def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, re
         for arm in arms:
             rows.append(run_arm(arm, tune, test, config))
             advance(1)
+    for name, change in descriptor_changes(config) if descriptors else []:
+        other, _, other_rels, _ = labelled_features(Path(folder), Path(labels_csv), config.replace(**change), reporter,
+                                                    cache_file, hashes=False)
+        if list(other_rels) != list(rels):  # a file that one setting read and another could not
+            raise ValueError(f"{name}: the extraction kept other images than the config's")
+        rows.append(run_arm(Arm(name, config.models, tuple(change.items())),
+                            Subset({m: v[tune_mask] for m, v in other.items()}, true[tune_mask]),
+                            Subset({m: v[test_mask] for m, v in other.items()}, true[test_mask]), config))
     return {"folder": str(Path(folder).resolve()), "labels": str(Path(labels_csv).resolve()),
             "split": {"by": "product", "seed": seed, "tune_products": int(len(np.unique(true[tune_mask]))),
                       "test_products": int(len(np.unique(true[test_mask]))), "tune_images": int(tune_mask.sum()),

@@ -1,0 +1,75 @@
+"""The cost of each descriptor option: framing (squash | pad) and pooling (avg | gem), flip on or off.
+
+Framing is timed per photo on decoded photos (`images.frame` to the members' input size). Each
+member's inference is timed with the engine's path (`Extractor.embed_framed`) for the default
+(avg, no flip), `pooling = "gem"` and `flip = true`, taking turns in one process (`--rounds`
+times, best kept), so a noisy machine slows them alike. The accuracy of each option is in the
+`compare --descriptors` rows (`accuracy.py --descriptors`).
+
+    python benchmarks/options.py                                  # offline trio, 64 grocery photos
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import RESULTS, cpu, photos  # noqa: E402
+
+VARIANTS = {"avg": {}, "gem": {"pooling": "gem"}, "flip": {"flip": True}}
+
+
+def best_of(rounds: int, fns: dict) -> dict[str, float]:
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"])
+    parser.add_argument("--images", type=int, default=64, help="a multiple of 32 avoids a padded last batch")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--random-weights", action="store_true")
+    args = parser.parse_args()
+
+    from ensemble_group.extractors import MODELS, Extractor, frame_batch
+    from ensemble_group.images import load
+    from ensemble_group.weights import resolve
+
+    files = photos(args.images)
+    decoded = [load(f) for f in files]
+    n = len(files)
+    framing = best_of(args.rounds, {f: (lambda f=f: frame_batch(decoded, 224, f)) for f in ("squash", "pad")})
+    report = {"n_images": n, "framing_ms_per_image": {f: round(1000 * s / n, 2) for f, s in framing.items()},
+              "members": [], "machine": {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}}
+    print(json.dumps(report["framing_ms_per_image"]), flush=True)
+    for name in args.models:
+        spec = MODELS[name]
+        path = resolve(name, allow_random=args.random_weights).path
+        framed = frame_batch(decoded, spec.input_size, "squash")
+        extractors = {v: Extractor(spec, path, **kw) for v, kw in VARIANTS.items()}
+        for ex in extractors.values():
+            ex.embed_framed(framed[:32])  # tracing and compiling are not inference
+        seconds = best_of(args.rounds, {v: (lambda ex=ex: ex.embed_framed(framed)) for v, ex in extractors.items()})
+        row = {"model": name, **{f"{v}_img_per_s": round(n / s, 2) for v, s in seconds.items()},
+               **{f"{v}_cost_vs_avg": round(s / seconds["avg"], 2) for v, s in seconds.items() if v != "avg"}}
+        report["members"].append(row)
+        print(json.dumps(row), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    target = RESULTS / f"options-{'-'.join(args.models)}.json"
+    target.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()
