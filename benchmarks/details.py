@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import RESULTS, ROOT, cpu  # noqa: E402
+from speed import ROOT, cpu, write_result  # noqa: E402
 
 from ensemble_group.extractors import l2_normalise  # noqa: E402
 
@@ -110,10 +109,7 @@ def main() -> None:
         worst = int(np.argmin(base))
         print(f"regions at long side {long_side}: own product first for {(m > 0).sum()} of {len(files)}; "
               f"hardest image by whole-image margin ({files[worst].name}): {base[worst]:+.3f} -> {m[worst]:+.3f}")
-    RESULTS.mkdir(exist_ok=True)
-    target = RESULTS / f"details-{folder.name}.json"
-    target.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {target}")
+    write_result(f"details-{folder.name}.json", report)
 
 
 if __name__ == "__main__":

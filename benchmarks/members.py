@@ -21,11 +21,10 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import RESULTS, cpu, photos, predicted, twin  # noqa: E402
+from speed import best_of, cpu, member_options, photos, predicted, twin, write_result  # noqa: E402
 
 
 def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> dict:
@@ -46,12 +45,7 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> d
              "predict": lambda x: predicted(spec, model, x)}
     out = {name: f(framed[:32]) for name, f in paths.items()}  # tracing and XLA compiling are not inference
     cosine = float(np.sum(out["engine"] * out["predict"], axis=1).min())
-    best = {p: float("inf") for p in paths}
-    for _ in range(rounds):
-        for p, f in paths.items():
-            t0 = time.perf_counter()
-            f(framed)
-            best[p] = min(best[p], time.perf_counter() - t0)
+    best = best_of(rounds, {p: (lambda f=f: f(framed)) for p, f in paths.items()})
     n = len(files)
     return {"model": name, "weights": "random" if path is None else "real", "n_images": n,
             "winograd_layers": fast.winograd_layers, "folded_layers": fast.folded_layers,
@@ -63,21 +57,15 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"])
-    parser.add_argument("--images", type=int, default=128, help="a multiple of 32 avoids a padded last batch")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--random-weights", action="store_true")
+    member_options(parser, images=128)
     args = parser.parse_args()
     files = photos(args.images)
     rows = []
     for name in args.models:
         rows.append(member(name, files, args.rounds, args.random_weights))
         print(json.dumps(rows[-1]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    target = RESULTS / f"members-{'-'.join(args.models)}.json"
-    doc = {"machine": {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}, "rows": rows}
-    target.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {target}")
+    write_result(f"members-{'-'.join(args.models)}.json",
+                 {"machine": {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}, "rows": rows})
 
 
 if __name__ == "__main__":

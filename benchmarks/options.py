@@ -15,31 +15,17 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import RESULTS, cpu, photos  # noqa: E402
+from speed import best_of, cpu, member_options, photos, write_result  # noqa: E402
 
 VARIANTS = {"avg": {}, "gem": {"pooling": "gem"}, "flip": {"flip": True}}
 
 
-def best_of(rounds: int, fns: dict) -> dict[str, float]:
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"])
-    parser.add_argument("--images", type=int, default=64, help="a multiple of 32 avoids a padded last batch")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--random-weights", action="store_true")
+    member_options(parser, images=64)
     args = parser.parse_args()
 
     from ensemble_group.extractors import MODELS, Extractor, frame_batch
@@ -65,10 +51,7 @@ def main() -> None:
                **{f"{v}_cost_vs_avg": round(s / seconds["avg"], 2) for v, s in seconds.items() if v != "avg"}}
         report["members"].append(row)
         print(json.dumps(row), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    target = RESULTS / f"options-{'-'.join(args.models)}.json"
-    target.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {target}")
+    write_result(f"options-{'-'.join(args.models)}.json", report)
 
 
 if __name__ == "__main__":

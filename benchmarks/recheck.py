@@ -17,7 +17,6 @@ they agree on is mostly the image's own product (labels are used only to score).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -27,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import sets  # noqa: E402
-from speed import RESULTS, ROOT, cpu  # noqa: E402
+from speed import ROOT, cpu, write_result  # noqa: E402
 
 from ensemble_group.extractors import MODELS, l2_normalise  # noqa: E402
 
@@ -135,10 +134,7 @@ def main() -> None:
               "scale": args.scale, "n_images": len(label), "n_groups": int(label.max() + 1), "n_alone": len(lone),
               "candidate_photos": len(needed), "summary": summary, "lone_images": rows,
               "machine": {"cores": os.cpu_count(), "cpu": cpu()}}
-    RESULTS.mkdir(exist_ok=True)
-    target = RESULTS / f"recheck-{args.set}.json"
-    target.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {target}")
+    write_result(f"recheck-{args.set}.json", report)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,34 @@ def one_arm(args, models: list[str]) -> dict:
             "plain_peak_rss_mb": plain_out["peak_rss_mb"]}
 
 
+def write_result(name: str, doc: dict) -> Path:
+    """benchmarks/results/NAME as indented JSON; says where it went."""
+    RESULTS.mkdir(exist_ok=True)
+    target = RESULTS / name
+    target.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {target}")
+    return target
+
+
+def best_of(rounds: int, fns: dict) -> dict[str, float]:
+    """Best seconds of each callable over `rounds` turns, all taking turns so noise hits them alike."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def member_options(parser: argparse.ArgumentParser, images: int) -> None:
+    """The options of the per-member timings (members.py, options.py)."""
+    parser.add_argument("--models", nargs="+", default=["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"])
+    parser.add_argument("--images", type=int, default=images, help="a multiple of 32 avoids a padded last batch")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--random-weights", action="store_true")
+
+
 def cpu() -> dict:
     """The CPU model and the vector extensions that decide the speed of convolutions."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -200,13 +228,10 @@ def main() -> None:
     for models in arms:
         rows.append(one_arm(args, models))
         print(json.dumps(rows[-1]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    name = Path(args.config).stem
     machine = {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}
-    doc = {"config": args.config, "random_weights": args.random_weights, "rounds": args.rounds,
-           "machine": machine, "rows": rows}
-    (RESULTS / f"speed-{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {RESULTS / f'speed-{name}.json'}")
+    write_result(f"speed-{Path(args.config).stem}.json",
+                 {"config": args.config, "random_weights": args.random_weights, "rounds": args.rounds,
+                  "machine": machine, "rows": rows})
 
 
 if __name__ == "__main__":
