@@ -304,7 +304,9 @@ def compare(
     """A/B table: every single member, the ensemble and the baselines on the same images.
 
     Each arm's cutoff is tuned on half of the products and every figure is reported on the other half
-    (split by product with --seed, never by image). Features are computed once per model.
+    (split by product with --seed, never by image). Features are computed once per model (and once
+    more per descriptor option with --descriptors). Each "ensemble + X", "ensemble, X" or "ensemble,
+    no X" row changes one setting of the config: the table says what each option is worth on your photos.
 
     Example: [bold]ensemble-group compare samples/flipkart --labels samples/flipkart/labels.csv[/]
     """
