@@ -32,43 +32,45 @@ from ensemble_group.extractors import l2_normalise  # noqa: E402
 WINDOWS = (4, 6, 8)  # window sides in cells of the stride-16 map (block5_conv3), half-overlapping
 
 
-def feature_map_model():
-    """vgg16-tv up to block5_conv3, any input size."""
+def any_size_trunk(name: str, layer: str | None = None):
+    """The member's net up to `layer` (default: its last map), for any input size, real weights."""
     import keras
+    import tensorflow as tf
 
     from ensemble_group.extractors import MODELS
     from ensemble_group.weights import resolve
 
-    built = MODELS["vgg16-tv"].build(resolve("vgg16-tv").path)
-    net = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
-    net.set_weights(built.get_weights())  # the pooling layer has no weights: same list
-    return keras.Model(net.input, net.get_layer("block5_conv3").output)
+    built = MODELS[name].build(resolve(name).path)
+    trunk = keras.Model(built.input, (built.get_layer(layer) if layer else built.layers[-2]).output)
+    free = keras.models.clone_model(trunk, input_tensors=keras.Input((None, None, 3)))
+    free.set_weights(trunk.get_weights())
+    return tf.function(lambda x: free(x, training=False), reduce_retracing=True)
 
 
-def conv_map(model, path: Path, long_side: int) -> np.ndarray:
-    """(h, w, 512) map of the photo resized (aspect kept) to `long_side`, sides multiples of 16."""
+def conv_map(trunk, name: str, path: Path, long_side: float, multiple: int = 16) -> np.ndarray:
+    """(h, w, c) map of the photo resized (aspect kept) to `long_side`, sides multiples of `multiple`."""
     from PIL import Image
 
     from ensemble_group.extractors import MODELS
+    from ensemble_group.images import load
 
-    image = Image.open(path).convert("RGB")
+    image = Image.fromarray(load(path))
     scale = long_side / max(image.size)
-    size = (max(16, round(image.width * scale / 16) * 16), max(16, round(image.height * scale / 16) * 16))
+    size = tuple(max(multiple, round(side * scale / multiple) * multiple) for side in image.size)
     x = np.asarray(image.resize(size, Image.Resampling.BILINEAR), np.float32)[None]
-    return model(MODELS["vgg16-tv"].preprocess(x))[0].numpy()
+    return trunk(MODELS[name].preprocess(x))[0].numpy()
 
 
-def regions(fmap: np.ndarray) -> np.ndarray:
-    """(r, 512) unit vectors: average-pooled square windows of WINDOWS cells, stride half a window."""
+def windows(fmap: np.ndarray, sides) -> list[np.ndarray]:
+    """Average-pooled square windows of the map, `sides` cells wide, stride half a window."""
     h, w, _ = fmap.shape
     out = []
-    for side in WINDOWS:
+    for side in sides:
         side = min(side, h, w)
         step = max(1, side // 2)
-        for y in range(0, h - side + 1, step):
-            for x in range(0, w - side + 1, step):
-                out.append(fmap[y:y + side, x:x + side].mean(axis=(0, 1)))
-    return l2_normalise(np.array(out))
+        out += [fmap[y:y + side, x:x + side].mean(axis=(0, 1))
+                for y in range(0, h - side + 1, step) for x in range(0, w - side + 1, step)]
+    return out
 
 
 def main() -> None:
@@ -81,8 +83,8 @@ def main() -> None:
     folder = Path(args.folder)
     rows = list(csv.reader(open(args.labels or folder / "labels.csv")))[1:]
     files, product = [folder / r[0] for r in rows], np.array([r[1] for r in rows])
-    model = feature_map_model()
-    whole = l2_normalise(np.array([conv_map(model, f, 224).mean(axis=(0, 1)) for f in files]))
+    model = any_size_trunk("vgg16-tv", "block5_conv3")
+    whole = l2_normalise(np.array([conv_map(model, "vgg16-tv", f, 224).mean(axis=(0, 1)) for f in files]))
     own = product[:, None] == product[None, :]
     np.fill_diagonal(own, False)
     other = product[:, None] != product[None, :]
@@ -100,7 +102,7 @@ def main() -> None:
                              "margin_per_image": {f.name: round(float(m), 3) for f, m in zip(files, base)}}
     print(f"whole image: own product first for {(base > 0).sum()} of {len(files)}")
     for long_side in args.long:
-        reg = [regions(conv_map(model, f, long_side)) for f in files]
+        reg = [l2_normalise(np.array(windows(conv_map(model, "vgg16-tv", f, long_side), WINDOWS))) for f in files]
         score = np.array([[float((reg[j] @ whole[i]).max()) for j in range(len(files))] for i in range(len(files))])
         m = margins(score)
         report["regional"][str(long_side)] = {

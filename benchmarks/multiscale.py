@@ -21,24 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import sets  # noqa: E402
+from details import any_size_trunk  # noqa: E402
 from speed import ROOT, cpu, write_result  # noqa: E402
 
 SCALES = (1.0, 2 ** -0.5, 0.5)
-
-
-def pooled_any_size(name: str):
-    """The member's net with average pooling, for any input size, with its real weights."""
-    import keras
-    import tensorflow as tf
-
-    from ensemble_group.extractors import MODELS
-    from ensemble_group.weights import resolve
-
-    built = MODELS[name].build(resolve(name).path)
-    trunk = keras.Model(built.input, built.layers[-2].output)
-    free = keras.models.clone_model(trunk, input_tensors=keras.Input((None, None, 3)))
-    free.set_weights(trunk.get_weights())
-    return tf.function(lambda x: tf.reduce_mean(free(x, training=False), axis=(1, 2)), reduce_retracing=True)
 
 
 def multiscale_vectors(paths: list[Path], models: tuple[str, ...], batch: int = 32) -> dict[str, np.ndarray]:
@@ -47,7 +33,7 @@ def multiscale_vectors(paths: list[Path], models: tuple[str, ...], batch: int = 
     from ensemble_group.extractors import MODELS, frame_batch, l2_normalise
     from ensemble_group.images import load
 
-    nets = {m: pooled_any_size(m) for m in models}
+    trunks = {m: any_size_trunk(m) for m in models}
     out = {m: np.zeros((len(paths), MODELS[m].dim), np.float32) for m in models}
     for s in range(0, len(paths), batch):
         framed = frame_batch([load(p) for p in paths[s:s + batch]], 224, "squash")
@@ -55,7 +41,7 @@ def multiscale_vectors(paths: list[Path], models: tuple[str, ...], batch: int = 
             side = int(round(224 * scale / 32) * 32)
             x = framed if side == 224 else tf.image.resize(framed, (side, side), antialias=True).numpy()
             for m in models:
-                out[m][s:s + batch] += l2_normalise(nets[m](MODELS[m].preprocess(x)).numpy())
+                out[m][s:s + batch] += l2_normalise(trunks[m](MODELS[m].preprocess(x)).numpy().mean(axis=(1, 2)))
     return {m: l2_normalise(v) for m, v in out.items()}
 
 

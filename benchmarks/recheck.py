@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import sets  # noqa: E402
+from details import any_size_trunk, conv_map, windows  # noqa: E402
 from speed import ROOT, cpu, write_result  # noqa: E402
 
 from ensemble_group.extractors import MODELS, l2_normalise  # noqa: E402
@@ -33,40 +34,11 @@ from ensemble_group.extractors import MODELS, l2_normalise  # noqa: E402
 WINDOW_FRACTIONS = (0.3, 0.45, 0.6)  # window side as a share of the map's long side, half-overlapping
 
 
-def any_size_trunk(name: str):
-    """The member's net up to its last map, for any input size, with its real weights."""
-    import keras
-    import tensorflow as tf
-
-    from ensemble_group.weights import resolve
-
-    built = MODELS[name].build(resolve(name).path)
-    trunk = keras.Model(built.input, built.layers[-2].output)
-    free = keras.models.clone_model(trunk, input_tensors=keras.Input((None, None, 3)))
-    free.set_weights(trunk.get_weights())
-    return tf.function(lambda x: free(x, training=False), reduce_retracing=True)
-
-
-def regions(fmap: np.ndarray) -> np.ndarray:
-    """(r, c) unit vectors: the whole map and its average-pooled square windows."""
-    h, w, _ = fmap.shape
-    out = [fmap.mean(axis=(0, 1))]
-    for fraction in WINDOW_FRACTIONS:
-        side = max(1, min(h, w, round(fraction * max(h, w))))
-        step = max(1, side // 2)
-        out += [fmap[y:y + side, x:x + side].mean(axis=(0, 1))
-                for y in range(0, h - side + 1, step) for x in range(0, w - side + 1, step)]
-    return l2_normalise(np.array(out))
-
-
 def regional_vectors(trunk, name: str, path: Path, scale: float) -> np.ndarray:
-    from PIL import Image
-
-    image = Image.open(path).convert("RGB")
-    s = MODELS[name].input_size * scale / max(image.size)
-    size = (max(32, round(image.width * s / 32) * 32), max(32, round(image.height * s / 32) * 32))
-    x = np.asarray(image.resize(size, Image.Resampling.BILINEAR), np.float32)[None]
-    return regions(trunk(MODELS[name].preprocess(x))[0].numpy())
+    """(r, c) unit vectors: the whole map and its windows, the photo at `scale` x the input size."""
+    fmap = conv_map(trunk, name, path, MODELS[name].input_size * scale, multiple=32)
+    sides = [max(1, round(f * max(fmap.shape[:2]))) for f in WINDOW_FRACTIONS]
+    return l2_normalise(np.array([fmap.mean(axis=(0, 1)), *windows(fmap, sides)]))
 
 
 def main() -> None:
