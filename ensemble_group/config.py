@@ -46,6 +46,8 @@ class Config:
     k: int = 20
     normalisation: str = "robust-z"
     local_k: int = 0  # local scaling of fused distances by each image's k-nearest density; 0 = off
+    rerank_k: int = 20  # k-reciprocal re-ranking with neighbourhoods of this size; 0 = off
+    rerank_weight: float = 1.0  # how far identical neighbourhoods pull a pair (x 5 robust-z units)
     mode: str = "graph"
     cutoff: float = -2.0
     alone_margin: float = 0.0  # an image left alone joins a clearly nearest neighbour's group; 0 = off
@@ -75,7 +77,7 @@ class Config:
         if not 0 < self.power <= 1:
             raise ConfigError(f"power must be in (0, 1], got {self.power}")
         for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1), ("whiten_dim", 0), ("dba_k", 0),
-                         ("local_k", 0), ("whiten_shrink", 0), ("dba_alpha", 0), ("alone_margin", 0)):
+                         ("local_k", 0), ("rerank_k", 0), ("rerank_weight", 0), ("whiten_shrink", 0), ("dba_alpha", 0), ("alone_margin", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be >= {low}, got {getattr(self, key)}")
         if self.search_k < -1 or self.search_k == 0:
@@ -106,7 +108,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "features": {"power": "power", "whiten_dim": "whiten_dim", "whiten_shrink": "whiten_shrink",
                  "dba_k": "dba_k", "dba_alpha": "dba_alpha"},
     "index": {"n_trees": "n_trees", "search_k": "search_k", "seed": "seed"},
-    "fusion": {"k": "k", "normalisation": "normalisation", "local_k": "local_k"},
+    "fusion": {"k": "k", "normalisation": "normalisation", "local_k": "local_k", "rerank_k": "rerank_k",
+               "rerank_weight": "rerank_weight"},
     "grouping": {"mode": "mode", "cutoff": "cutoff", "alone_margin": "alone_margin"},
 }
 

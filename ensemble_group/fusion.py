@@ -17,7 +17,9 @@ For each image the candidates are the union of every model's top-k from its Anno
 candidate's distance under every model is computed exactly from the vectors, normalised, and
 averaged with per-model weights (equal by default) into the fused distance that ranks them.
 With `local_k` > 0 the fused distances are then locally scaled (`local_offsets`); off by default,
-it lost on grocery (benchmarks/README.md).
+it lost on grocery (benchmarks/README.md). With `rerank_k` > 0 (the default, 20) they are then
+re-ranked by shared k-reciprocal neighbourhoods (`ensemble_group.rerank`), which pulls the photos of a
+product with many views together; `pairs`, `matrix` and the neighbour lists all see that distance.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ensemble_group.index import ModelIndex, angular_distance
+from ensemble_group.rerank import Neighbourhoods
 
 MAX_REFERENCE_PAIRS = 20_000
 _MAD_TO_SD = 1.4826
@@ -96,7 +99,8 @@ class Fusion:
     """
 
     def __init__(self, vectors: dict[str, np.ndarray], normalisers: dict[str, Normaliser],
-                 weights: dict[str, float] | None = None, *, local_k: int = 0) -> None:
+                 weights: dict[str, float] | None = None, *, local_k: int = 0, rerank_k: int = 0,
+                 rerank_weight: float = 1.0) -> None:
         self.models = list(normalisers)
         self.vectors = vectors
         self.normalisers = normalisers
@@ -108,12 +112,22 @@ class Fusion:
         self.local_k = local_k
         self.offset: np.ndarray | None = None  # (n,) local scaling, set by `neighbours` when local_k > 0
         self.local_centre = 0.0  # the folder's median density, which the offsets are relative to
+        self.rerank_k, self.rerank_weight = rerank_k, rerank_weight
+        self.neighbourhoods: Neighbourhoods | None = None  # set by `neighbours` when re-ranking applies
 
     @classmethod
     def fit(cls, vectors: dict[str, np.ndarray], method: str = "robust-z",
-            weights: dict[str, float] | None = None, *, seed: int = 42, local_k: int = 0) -> "Fusion":
+            weights: dict[str, float] | None = None, *, seed: int = 42, local_k: int = 0, rerank_k: int = 0,
+            rerank_weight: float = 1.0) -> "Fusion":
         return cls(vectors, {m: fit_normaliser(v, method, seed=seed) for m, v in vectors.items()}, weights,
-                   local_k=local_k)
+                   local_k=local_k, rerank_k=rerank_k, rerank_weight=rerank_weight)
+
+    @classmethod
+    def for_config(cls, vectors: dict[str, np.ndarray], config) -> "Fusion":
+        """`fit` with a Config's fusion settings, for the models in `vectors`."""
+        return cls.fit(vectors, config.normalisation, {m: config.model_weights.get(m, 1.0) for m in vectors},
+                       seed=config.seed, local_k=config.local_k, rerank_k=config.rerank_k,
+                       rerank_weight=config.rerank_weight)
 
     def combine(self, raw: dict[str, np.ndarray]) -> np.ndarray:
         """Per-model raw distances (same shapes) -> weighted mean of normalised distances."""
@@ -122,7 +136,11 @@ class Fusion:
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Fused distance of image pairs (i[t], j[t])."""
         d = self.combine({m: angular_distance(v[i], v[j]) for m, v in self.vectors.items()})
-        return d if self.offset is None else d - self.offset[i] - self.offset[j]
+        if self.offset is not None:
+            d = d - self.offset[i] - self.offset[j]
+        if self.neighbourhoods is not None:
+            d = d + self.neighbourhoods.adjustment(i, j, self.rerank_weight)
+        return d
 
     def matrix(self, members: np.ndarray) -> np.ndarray:
         """Dense (m, m) fused distances among a few images (a group or component), zero diagonal."""
@@ -133,6 +151,8 @@ class Fusion:
         fused = self.combine(raw)
         if self.offset is not None:
             fused -= self.offset[members][:, None] + self.offset[members][None, :]
+        if self.neighbourhoods is not None:
+            fused += self.neighbourhoods.adjustment(members[:, None], members[None, :], self.rerank_weight)
         np.fill_diagonal(fused, 0.0)
         return fused
 
@@ -142,11 +162,16 @@ class Fusion:
         if k < 1:
             return FusedNeighbours(np.full((self.n, 0), -1), np.full((self.n, 0), np.inf))
         cand = np.concatenate([indexes[m].all_neighbours(k) for m in self.models], axis=1)
-        self.offset = None
+        self.offset, self.neighbourhoods = None, None
         neigh = self._rank(np.arange(self.n), cand, chunk)
         if self.local_k:
             self.offset, self.local_centre = local_offsets(neigh, self.local_k)
             d = neigh.dist - self.offset[:, None] - self.offset[np.maximum(neigh.ids, 0)]
+            neigh = _sort(neigh.ids, np.where(neigh.ids >= 0, d, np.inf))
+        if self.rerank_weight > 0 and Neighbourhoods.applies(self.n, self.rerank_k):
+            self.neighbourhoods = Neighbourhoods(neigh.ids, self.rerank_k)
+            rows = np.broadcast_to(np.arange(self.n)[:, None], neigh.ids.shape)
+            d = neigh.dist + self.neighbourhoods.adjustment(rows, np.maximum(neigh.ids, 0), self.rerank_weight)
             neigh = _sort(neigh.ids, np.where(neigh.ids >= 0, d, np.inf))
         return neigh
 

@@ -167,8 +167,7 @@ def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter: Repo
 def group_vectors(vectors: dict[str, np.ndarray], indexes: dict[str, ModelIndex], config: Config
                   ) -> tuple[Fusion, FusedNeighbours, np.ndarray]:
     """Normalise, fuse and group already-extracted vectors: (fusion, fused neighbours, (n,) labels)."""
-    fusion = Fusion.fit(vectors, config.normalisation, config.fusion_weights(), seed=config.seed,
-                        local_k=config.local_k)
+    fusion = Fusion.for_config(vectors, config)
     neighbours = fusion.neighbours(indexes, config.k)
     return fusion, neighbours, group_as(config, neighbours, fusion)
 

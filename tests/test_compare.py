@@ -37,7 +37,7 @@ def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
     # every candidate option has its A/B row; the descriptor rows come from their own extractions
     assert {"ensemble + lone-image rule (margin 1)", "ensemble + local scaling (k 10)",
             "ensemble + database-side augmentation (k 5)", "ensemble, gem pooling",
-            "ensemble, pad framing", "ensemble + flip (mirror image added)"} <= set(arms)
+            "ensemble, pad framing", "ensemble + flip (mirror image added)", "ensemble, no re-ranking"} <= set(arms)
     split = doc["split"]
     assert split["by"] == "product" and split["tune_products"] + split["test_products"] == 6
     for row in doc["rows"]:

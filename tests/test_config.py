@@ -36,6 +36,8 @@ def test_unknown_key_names_the_valid_ones(tmp_path):
     ({"pooling": "max"}, "pooling must be one of avg, gem"),
     ({"flip": 1}, "flip must be true or false"),
     ({"local_k": -1}, "local_k must be >= 0"),
+    ({"rerank_k": -1}, "rerank_k must be >= 0"),
+    ({"rerank_weight": -0.5}, "rerank_weight must be >= 0"),
 ])
 def test_bad_values(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -58,11 +60,12 @@ def test_missing_and_broken_files(tmp_path):
 
 def test_extraction_and_grouping_keys_are_read(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text("[extraction]\nwinograd = false\npooling = \"gem\"\n[fusion]\nlocal_k = 10\n"
+    p.write_text("[extraction]\nwinograd = false\npooling = \"gem\"\n[fusion]\nlocal_k = 10\nrerank_k = 0\n"
                  "[grouping]\nalone_margin = 1.5\n")
     c = load_config(p)
-    assert (c.winograd, c.pooling, c.local_k, c.alone_margin) == (False, "gem", 10, 1.5)
-    assert (Config().winograd, Config().pooling, Config().local_k, Config().alone_margin) == (True, "avg", 0, 0.0)
+    assert (c.winograd, c.pooling, c.local_k, c.rerank_k, c.alone_margin) == (False, "gem", 10, 0, 1.5)
+    d = Config()
+    assert (d.winograd, d.pooling, d.local_k, d.rerank_k, d.rerank_weight, d.alone_margin) == (True, "avg", 0, 20, 1.0, 0.0)
 
 
 def test_built_in_defaults_are_the_offline_config():

@@ -40,10 +40,11 @@ class Arm:
 
 NO_POSTPROCESSING = (("power", 1.0), ("whiten_dim", 0), ("dba_k", 0))
 NO_LONE_RULE = (("alone_margin", 0.0),)
-BASELINE = NO_POSTPROCESSING + NO_LONE_RULE + (("local_k", 0),)  # baselines: none of the engine's refinements
+BASELINE = NO_POSTPROCESSING + NO_LONE_RULE + (("local_k", 0), ("rerank_k", 0))  # none of the engine's refinements
 LONE_MARGIN = 1.0  # the A/B row of the lone-image rule when the config has it off
 LOCAL_K = 10  # the A/B row of local scaling when the config has it off
 DBA_K = 5  # the A/B row of database-side augmentation when the config has it off
+RERANK_K = 20  # the A/B row of k-reciprocal re-ranking when the config has it off
 
 
 @dataclass
@@ -75,6 +76,11 @@ def default_arms(config: Config, original_model: str) -> list[Arm]:
         arms.append(Arm("ensemble, no local scaling", config.models, (("local_k", 0),)))
     else:
         arms.append(Arm(f"ensemble + local scaling (k {LOCAL_K})", config.models, (("local_k", LOCAL_K),)))
+    if config.rerank_k > 0 and config.rerank_weight > 0:
+        arms.append(Arm("ensemble, no re-ranking", config.models, (("rerank_k", 0),)))
+    else:
+        arms.append(Arm(f"ensemble + k-reciprocal re-ranking (k {RERANK_K}, weight 1)", config.models,
+                        (("rerank_k", RERANK_K), ("rerank_weight", 1.0))))
     if config.mode != "average":
         arms.append(Arm("ensemble, average linkage", config.models, (("mode", "average"),)))
     arms.append(Arm("ensemble, connected components", config.models, (("mode", "components"),)))
@@ -115,8 +121,7 @@ def neighbours_for(sub: Subset, arm: Arm, config: Config) -> tuple[Fusion, Fused
 
     cfg = arm.config(config)
     _, vectors = prepare_vectors({m: sub.vectors[m] for m in arm.sources}, cfg)
-    fusion = Fusion.fit(vectors, cfg.normalisation, {m: cfg.model_weights.get(m, 1.0) for m in arm.sources},
-                        seed=cfg.seed, local_k=cfg.local_k)
+    fusion = Fusion.for_config(vectors, cfg)
     return fusion, fusion.neighbours(build_indexes(vectors, cfg), cfg.k), cfg
 
 
