@@ -77,7 +77,8 @@ class Config:
         if not 0 < self.power <= 1:
             raise ConfigError(f"power must be in (0, 1], got {self.power}")
         for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1), ("whiten_dim", 0), ("dba_k", 0),
-                         ("local_k", 0), ("rerank_k", 0), ("rerank_weight", 0), ("whiten_shrink", 0), ("dba_alpha", 0), ("alone_margin", 0)):
+                         ("local_k", 0), ("rerank_k", 0), ("rerank_weight", 0), ("whiten_shrink", 0),
+                         ("dba_alpha", 0), ("alone_margin", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be >= {low}, got {getattr(self, key)}")
         if self.search_k < -1 or self.search_k == 0:

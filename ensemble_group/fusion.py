@@ -114,6 +114,7 @@ class Fusion:
         self.local_centre = 0.0  # the folder's median density, which the offsets are relative to
         self.rerank_k, self.rerank_weight = rerank_k, rerank_weight
         self.neighbourhoods: Neighbourhoods | None = None  # set by `neighbours` when re-ranking applies
+        self.first_stage: FusedNeighbours | None = None  # the lists re-ranking started from (a query needs them)
 
     @classmethod
     def fit(cls, vectors: dict[str, np.ndarray], method: str = "robust-z",
@@ -162,13 +163,14 @@ class Fusion:
         if k < 1:
             return FusedNeighbours(np.full((self.n, 0), -1), np.full((self.n, 0), np.inf))
         cand = np.concatenate([indexes[m].all_neighbours(k) for m in self.models], axis=1)
-        self.offset, self.neighbourhoods = None, None
+        self.offset, self.neighbourhoods, self.first_stage = None, None, None
         neigh = self._rank(np.arange(self.n), cand, chunk)
         if self.local_k:
             self.offset, self.local_centre = local_offsets(neigh, self.local_k)
             d = neigh.dist - self.offset[:, None] - self.offset[np.maximum(neigh.ids, 0)]
             neigh = _sort(neigh.ids, np.where(neigh.ids >= 0, d, np.inf))
         if self.rerank_weight > 0 and Neighbourhoods.applies(self.n, self.rerank_k):
+            self.first_stage = neigh
             self.neighbourhoods = Neighbourhoods(neigh.ids, self.rerank_k)
             rows = np.broadcast_to(np.arange(self.n)[:, None], neigh.ids.shape)
             d = neigh.dist + self.neighbourhoods.adjustment(rows, np.maximum(neigh.ids, 0), self.rerank_weight)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 GROUPS_JSON, GROUPS_CSV, RUN_JSON, INDEX_DIR = "groups.json", "groups.csv", "run.json", "index"
+RERANK_FILE = "rerank-lists.npz"  # inside INDEX_DIR: the first-stage neighbour lists a query re-ranks against
 
 
 class OutputExists(FileExistsError):

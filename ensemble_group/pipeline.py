@@ -31,9 +31,10 @@ from ensemble_group.features import Features, LazyExtractor, extract, open_cache
 from ensemble_group.grouping import group_as
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
-from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RUN_JSON, atomic_write,
+from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RERANK_FILE, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, to_json)
 from ensemble_group.postprocess import Transform, prepare
+from ensemble_group.rerank import query_adjustment
 from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
 
 
@@ -253,6 +254,14 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     if run.fusion.offset is not None:  # local scaling: a query's distances need the indexed images' offsets
         manifest["local_offsets"] = [round(float(x), 6) for x in run.fusion.offset]
         manifest["local_centre"] = run.fusion.local_centre
+    stale = index_dir / RERANK_FILE
+    if run.fusion.first_stage is not None:  # re-ranking: a query enters the lists it started from
+        buf = io.BytesIO()
+        np.savez(buf, ids=run.fusion.first_stage.ids.astype(np.int32), dist=run.fusion.first_stage.dist)
+        atomic_write(stale, buf.getvalue())
+        manifest["rerank"] = {"k": run.fusion.rerank_k, "weight": run.fusion.rerank_weight, "file": RERANK_FILE}
+    elif stale.exists():
+        stale.unlink()
     atomic_write(index_dir / "manifest.json", to_json(manifest))
     atomic_write(out / GROUPS_CSV, groups_csv(doc["groups"]))
     atomic_write(out / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
@@ -301,6 +310,12 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
     fused = fusion.combine(raw)
     if "local_offsets" in manifest:
         fused = local_query(fused, np.asarray(manifest["local_offsets"])[cand], manifest["local_centre"], config.local_k)
+    if "rerank" in manifest:
+        lists = np.load(index_dir / manifest["rerank"]["file"])
+        first = np.argsort(fused, kind="stable")[:lists["ids"].shape[1]]
+        cand, fused = np.asarray(cand)[first], fused[first]
+        fused = fused + query_adjustment(lists["ids"].astype(np.int64), lists["dist"], cand, fused,
+                                         manifest["rerank"]["k"], manifest["rerank"]["weight"])
     order = np.argsort(fused, kind="stable")[:k]
     group_of = manifest["group_of"]
     return QueryResult(str(image), [{"image": manifest["images"][cand[t]], "distance": round(float(fused[t]), 4),

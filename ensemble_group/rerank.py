@@ -82,6 +82,25 @@ class Neighbourhoods:
         return np.bincount(pair[hit], weights=np.minimum(v.data[entry[hit]], v.data[pos[hit]]), minlength=len(a))
 
 
+def query_adjustment(ids: np.ndarray, dist: np.ndarray, q_ids: np.ndarray, q_dist: np.ndarray, k: int,
+                     weight: float) -> np.ndarray:
+    """What re-ranking adds to an outside image's fused distances q_dist to its candidates q_ids
+    (nearest first), as if it were one more image of the folder whose first-stage lists are (n, m)
+    ids / dist: it enters the list of every candidate it is nearer to than that list's last entry,
+    and its own list is its candidates. The neighbourhoods are then built as for the folder."""
+    n, m = ids.shape
+    ids, dist = ids.copy(), dist.copy()
+    for c, d in zip(q_ids, q_dist):
+        at = int(np.searchsorted(dist[c], d, side="right"))
+        if at < m:
+            ids[c, at + 1:], dist[c, at + 1:] = ids[c, at:-1].copy(), dist[c, at:-1].copy()
+            ids[c, at], dist[c, at] = n, d
+    own = np.full((1, m), -1, dtype=ids.dtype)
+    own[0, :min(m, len(q_ids))] = q_ids[:m]
+    hood = Neighbourhoods(np.concatenate([ids, own]), k)
+    return hood.adjustment(np.full(len(q_ids), n), np.asarray(q_ids), weight)
+
+
 def _top(ids: np.ndarray, k: int, *, self_too: bool = False) -> sparse.csr_matrix:
     """(n, n) 0/1 matrix of each image's k nearest (and itself, with self_too)."""
     n = len(ids)

@@ -170,3 +170,24 @@ def test_query_ranks_like_the_run_when_distances_are_locally_scaled(sample_run, 
     assert [f["image"] for f in found[1:]] == want
     shift = np.array([f["distance"] for f in found[1:]]) - run.neighbours.dist[i, :5]
     assert np.ptp(shift) < 1e-3
+
+
+def test_query_reranks_against_the_saved_lists(sample_run, tmp_path):
+    from ensemble_group import group_folder, load_config, query_index, write_run
+
+    config = load_config(OFFLINE).replace(rerank_k=4)  # 20 images >= 5 x 4: re-ranking applies
+    run = group_folder(SAMPLE, config, cache_file=sample_run / "emb.sqlite")
+    assert run.fusion.neighbourhoods is not None
+    write_run(run, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "index" / "manifest.json").read_text())
+    assert manifest["rerank"] == {"k": 4, "weight": 1.0, "file": "rerank-lists.npz"}
+    i = 5
+    found = query_index(run.images[i].path, tmp_path / "out", k=6).neighbours
+    assert found[0]["image"] == manifest["images"][i]  # the photo itself comes first
+    plain = load_config(OFFLINE).replace(rerank_k=0)
+    write_run(group_folder(SAMPLE, plain, cache_file=sample_run / "emb.sqlite"), tmp_path / "out", force=True)
+    assert not (tmp_path / "out" / "index" / "rerank-lists.npz").exists()  # no stale lists left behind
+    unranked = {f["image"]: f["distance"] for f in query_index(run.images[i].path, tmp_path / "out", k=6).neighbours}
+    # the same fused distances, each moved by its neighbourhood overlap (by -3 to +2)
+    moved = np.array([f["distance"] - unranked[f["image"]] for f in found if f["image"] in unranked])
+    assert len(moved) >= 3 and moved.min() < -0.1 and np.all((moved >= -3.001) & (moved <= 2.001))

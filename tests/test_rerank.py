@@ -6,7 +6,7 @@ import pytest
 
 from ensemble_group.fusion import Fusion
 from ensemble_group.index import ModelIndex
-from ensemble_group.rerank import EXPANSION_K, JACCARD_CENTRE, JACCARD_SCALE, Neighbourhoods
+from ensemble_group.rerank import EXPANSION_K, JACCARD_CENTRE, JACCARD_SCALE, Neighbourhoods, query_adjustment
 from tests.test_fusion import products
 
 
@@ -95,3 +95,23 @@ def test_small_folders_and_weight_zero_keep_the_fused_distances():
     np.testing.assert_array_equal(s_neigh.dist, p_neigh.dist)
     off, _, _ = fused(rerank_k=20, rerank_weight=0.0)
     assert off.neighbourhoods is None
+
+
+def test_an_outside_image_is_reranked_as_if_it_were_one_more_image_of_the_folder():
+    """Leave one image out, query it against the rest: the same re-ranked distances as in the whole
+    folder (one model and exact search, so the first-stage lists of both agree)."""
+    a, _ = products(n_products=30, views=5, spread=0.5)
+    normalisers = Fusion.fit({"a": a}).normalisers
+    exact = lambda v: {"a": ModelIndex(v.shape[1], n_trees=30, search_k=100_000).build(v)}  # noqa: E731
+    whole = Fusion({"a": a}, normalisers, rerank_k=10)
+    whole.neighbours(exact(a), k=20)
+    q = 37
+    rest = np.delete(a, q, axis=0)
+    folder = Fusion({"a": rest}, normalisers, rerank_k=10)
+    folder.neighbours(exact(rest), k=20)
+    raw = np.sqrt(np.clip(2 - 2 * rest @ a[q], 0, 4))
+    cand = np.argsort(normalisers["a"](raw), kind="stable")[:20]
+    q_dist = normalisers["a"](raw[cand])
+    got = q_dist + query_adjustment(folder.first_stage.ids, folder.first_stage.dist, cand, q_dist, 10, 1.0)
+    in_whole = np.where(cand >= q, cand + 1, cand)  # the same images, numbered as in the whole folder
+    np.testing.assert_allclose(got, whole.pairs(np.full(len(cand), q), in_whole), atol=1e-5)  # float32 dot products
