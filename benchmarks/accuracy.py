@@ -34,12 +34,13 @@ def main() -> None:
     parser.add_argument("--grocery", type=Path, default=ROOT.parent / "shared" / "datasets" / "grocery")
     parser.add_argument("--sets", nargs="+", default=["sample", "grocery-810", "grocery-packages", "grocery-all"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--splits", type=int, default=1, help="product splits to average over (seeds SEED, SEED+1, ...)")
     parser.add_argument("--descriptors", action="store_true",
                         help="also the descriptor rows (other pooling, other framing, flip): extracts each set again")
     args = parser.parse_args()
 
     from ensemble_group.config import load_config
-    from ensemble_group.evaluation.compare import TABLE_COLUMNS, compare
+    from ensemble_group.evaluation.compare import TABLE_COLUMNS, compare, describe_split
     from ensemble_group.evaluation.metrics import format_table
     from ensemble_group.pipeline import Reporter
 
@@ -55,16 +56,14 @@ def main() -> None:
             print(f"skipping {name}: {labels} not found", file=sys.stderr)
             continue
         t0 = time.perf_counter()
-        result = compare(folder, labels, config, seed=args.seed, reporter=Log(), descriptors=args.descriptors)
+        result = compare(folder, labels, config, seed=args.seed, splits=args.splits, reporter=Log(),
+                         descriptors=args.descriptors)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         result["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
-        stem = f"accuracy-{Path(args.config).stem}-{name}"
+        stem = f"accuracy-{Path(args.config).stem}-{name}" + (f"-{args.splits}splits" if args.splits > 1 else "")
         (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-        split = result["split"]
         table = format_table(result["rows"], TABLE_COLUMNS)
-        text = (f"## {name} ({Path(args.config).name})\n\nHeld-out products: {split['test_products']} "
-                f"({split['test_images']} images); cutoffs tuned on {split['tune_products']} other products "
-                f"({split['tune_images']} images); split by product, seed {split['seed']}.\n\n{table}\n")
+        text = f"## {name} ({Path(args.config).name})\n\n{describe_split(result['split'])}\n\n{table}\n"
         (RESULTS / f"{stem}.md").write_text(text)
         print(text, flush=True)
 

@@ -294,6 +294,8 @@ def compare(
     labels: LabelsOpt,
     config: ConfigOpt = None, models: ModelsOpt = None, weights: WeightsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the product split (tune half / test half).")] = 0,
+    splits: Annotated[int, typer.Option(min=1, help="Product splits to average over (seeds SEED, SEED+1, ...): "
+                                        "steadier figures, each split costs one more pass over the arms.")] = 1,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write compare.md and compare.json here.")] = None,
     descriptors: Annotated[bool, typer.Option(
         "--descriptors", help="Also the rows of the descriptor options (other pooling, other framing, flip): "
@@ -304,29 +306,28 @@ def compare(
     """A/B table: every single member, the ensemble and the baselines on the same images.
 
     Each arm's cutoff is tuned on half of the products and every figure is reported on the other half
-    (split by product with --seed, never by image). Features are computed once per model (and once
+    (split by product with --seed, never by image; --splits 5 averages five such splits, which a
+    table of a few dozen products needs to be read with confidence). Features are computed once per model (and once
     more per descriptor option with --descriptors). Each "ensemble + X", "ensemble, X" or "ensemble,
     no X" row changes one setting of the config: the table says what each option is worth on your photos.
 
     Example: [bold]ensemble-group compare samples/flipkart --labels samples/flipkart/labels.csv[/]
     """
-    from ensemble_group.evaluation.compare import TABLE_COLUMNS, compare as run_compare
+    from ensemble_group.evaluation.compare import TABLE_COLUMNS, compare as run_compare, describe_split
     from ensemble_group.evaluation.metrics import format_table
     from ensemble_group.outputs import atomic_write, to_json
     from ensemble_group.weights import WeightsNotFound
 
     cfg = _config(config, models, weights)
     try:
-        result = run_compare(folder, labels, cfg, seed=seed, reporter=CliReporter(quiet, verbose, progress),
+        result = run_compare(folder, labels, cfg, seed=seed, splits=splits, reporter=CliReporter(quiet, verbose, progress),
                              cache_file=_cache_arg(cache_file, no_cache), descriptors=descriptors)
     except WeightsNotFound as e:
         _fail(str(e))
     except (OSError, ValueError) as e:
         _fail(str(e), 2)
-    split = result["split"]
     table = format_table(result["rows"], TABLE_COLUMNS)
-    header = (f"Held-out products: {split['test_products']} ({split['test_images']} images); cutoffs tuned on "
-              f"{split['tune_products']} other products ({split['tune_images']} images); split by product, seed {split['seed']}.")
+    header = describe_split(result["split"])
     out.print(header + "\n\n" + table, highlight=False, markup=False)
     if out_dir:
         atomic_write(out_dir / "compare.md", header + "\n\n" + table + "\n")

@@ -53,3 +53,20 @@ def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
     assert best["pairwise_f1"] == max(r["pairwise_f1"] for r in curve["curve"]) and best["pairwise_f1"] > 0.8
     png = Image.open(tmp_path / "tune" / "tune.png")
     assert png.size[0] > 800 and len(png.getcolors(1 << 20)) > 50
+
+
+def test_several_splits_average_the_single_split_tables(tmp_path, weights_cache):
+    from ensemble_group.config import load_config
+    from ensemble_group.evaluation.compare import compare, describe_split
+
+    config = load_config(ROOT / "configs" / "offline.toml")
+    cache = tmp_path / "emb.sqlite"
+    three = compare(SAMPLE, SAMPLE / "labels.csv", config, seed=0, splits=3, cache_file=cache)
+    second = compare(SAMPLE, SAMPLE / "labels.csv", config, seed=1, cache_file=cache)
+    assert three["split"]["seeds"] == [0, 1, 2] and "mean over 3 splits" in describe_split(three["split"])
+    assert "seed 1." in describe_split(second["split"])
+    for row, alone in zip(three["rows"], second["rows"]):
+        assert row["arm"] == alone["arm"]
+        assert len(row["pairwise_f1_per_split"]) == 3
+        assert row["pairwise_f1_per_split"][1] == round(alone["pairwise_f1"], 4)  # split 1 is seed 1's table
+        assert abs(row["pairwise_f1"] - np.mean(row["pairwise_f1_per_split"])) < 1e-4

@@ -207,41 +207,72 @@ def original_model(config: Config) -> str:
         return config.models[0]
 
 
-def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, reporter=None,
+def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, splits: int = 1, reporter=None,
             cache_file="default", descriptors: bool = False) -> dict[str, Any]:
     """The A/B table as a dict: rows (one per arm, scored on the test products) and how it was made.
 
+    splits: the number of product splits (seeds seed, seed + 1, ...); each row is the mean over them,
+    with every split's pairwise F1 kept (one split of a few dozen products is a noisy measurement).
     descriptors: also the rows of `descriptor_changes`, each on its own extraction of the folder.
     """
     from ensemble_group.pipeline import Reporter
 
+    if splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
     reporter = reporter or Reporter()
     original = original_model(config)
     run_config = config if original in config.models else config.replace(models=(*config.models, original))
     vectors, products, rels, info = labelled_features(Path(folder), Path(labels_csv), run_config, reporter, cache_file)
     _, true = np.unique(products, return_inverse=True)
-    tune_mask, test_mask = split_products(products, seed)
-    tune = Subset({m: v[tune_mask] for m, v in vectors.items()}, true[tune_mask])
-    test = Subset({m: v[test_mask] for m, v in vectors.items()}, true[test_mask])
-    rows = []
-    arms = default_arms(config, original)
-    with reporter.task("arms", len(arms)) as advance:
-        for arm in arms:
-            rows.append(run_arm(arm, tune, test, config))
-            advance(1)
+    arms = [(arm, vectors) for arm in default_arms(config, original)]
     for name, change in descriptor_changes(config) if descriptors else []:
         other, _, other_rels, _ = labelled_features(Path(folder), Path(labels_csv), config.replace(**change), reporter,
                                                     cache_file, hashes=False)
         if list(other_rels) != list(rels):  # a file that one setting read and another could not
             raise ValueError(f"{name}: the extraction kept other images than the config's")
-        rows.append(run_arm(Arm(name, config.models, tuple(change.items())),
-                            Subset({m: v[tune_mask] for m, v in other.items()}, true[tune_mask]),
-                            Subset({m: v[test_mask] for m, v in other.items()}, true[test_mask]), config))
+        arms.append((Arm(name, config.models, tuple(change.items())), other))
+    seeds = list(range(seed, seed + splits))
+    per_split, sizes = [], []
+    with reporter.task("arms", len(arms) * splits) as advance:
+        for s in seeds:
+            tune_mask, test_mask = split_products(products, s)
+            sizes.append((len(np.unique(true[tune_mask])), len(np.unique(true[test_mask])), tune_mask.sum(), test_mask.sum()))
+            rows = []
+            for arm, vecs in arms:
+                rows.append(run_arm(arm, Subset({m: v[tune_mask] for m, v in vecs.items()}, true[tune_mask]),
+                                    Subset({m: v[test_mask] for m, v in vecs.items()}, true[test_mask]), config))
+                advance(1)
+            per_split.append(rows)
+    mean = np.mean(sizes, axis=0)
     return {"folder": str(Path(folder).resolve()), "labels": str(Path(labels_csv).resolve()),
-            "split": {"by": "product", "seed": seed, "tune_products": int(len(np.unique(true[tune_mask]))),
-                      "test_products": int(len(np.unique(true[test_mask]))), "tune_images": int(tune_mask.sum()),
-                      "test_images": int(test_mask.sum())},
-            "config": config.to_dict(), "info": info, "rows": rows}
+            "split": {"by": "product", "seed": seed, "seeds": seeds, "tune_products": int(round(mean[0])),
+                      "test_products": int(round(mean[1])), "tune_images": int(round(mean[2])),
+                      "test_images": int(round(mean[3]))},
+            "config": config.to_dict(), "info": info, "rows": mean_rows(per_split)}
+
+
+def mean_rows(per_split: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per arm: numbers averaged over the splits; with several, each split's pairwise F1 too."""
+    if len(per_split) == 1:
+        return per_split[0]
+    out = []
+    for rows in zip(*per_split):
+        row = {}
+        for key, value in rows[0].items():
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            row[key] = round(float(np.mean([r[key] for r in rows])), 4) if numeric else value
+        row["pairwise_f1_per_split"] = [round(r["pairwise_f1"], 4) for r in rows]
+        out.append(row)
+    return out
+
+
+def describe_split(split: dict[str, Any]) -> str:
+    """The line above an A/B table: what was held out and how the products were split."""
+    seeds = split.get("seeds", [split["seed"]])
+    how = (f"split by product, seed {seeds[0]}" if len(seeds) == 1 else
+           f"mean over {len(seeds)} splits by product (seeds {seeds[0]}-{seeds[-1]}); image counts are means")
+    return (f"Held-out products: {split['test_products']} ({split['test_images']} images); cutoffs tuned on "
+            f"{split['tune_products']} other products ({split['tune_images']} images); {how}.")
 
 
 TABLE_COLUMNS = ["arm", "cutoff", "n_pred_groups", "n_true_groups", "ari", "nmi", "pairwise_precision",
