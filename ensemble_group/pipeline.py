@@ -254,14 +254,14 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     if run.fusion.offset is not None:  # local scaling: a query's distances need the indexed images' offsets
         manifest["local_offsets"] = [round(float(x), 6) for x in run.fusion.offset]
         manifest["local_centre"] = run.fusion.local_centre
-    stale = index_dir / RERANK_FILE
+    lists_file = index_dir / RERANK_FILE
     if run.fusion.first_stage is not None:  # re-ranking: a query enters the lists it started from
         buf = io.BytesIO()
         np.savez(buf, ids=run.fusion.first_stage.ids.astype(np.int32), dist=run.fusion.first_stage.dist)
-        atomic_write(stale, buf.getvalue())
+        atomic_write(lists_file, buf.getvalue())
         manifest["rerank"] = {"k": run.fusion.rerank_k, "weight": run.fusion.rerank_weight, "file": RERANK_FILE}
-    elif stale.exists():
-        stale.unlink()
+    elif lists_file.exists():  # left by an earlier run that re-ranked
+        lists_file.unlink()
     atomic_write(index_dir / "manifest.json", to_json(manifest))
     atomic_write(out / GROUPS_CSV, groups_csv(doc["groups"]))
     atomic_write(out / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
@@ -305,7 +305,8 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
         queries[m] = transform(ex.embed([array]))[0]
         dim = manifest.get("index_dims", {}).get(m, MODELS[m].dim)
         indexes[m] = ModelIndex.load(index_dir / f"{m}.ann", dim, search_k=config.search_k)
-    cand = sorted({int(j) for m in extractors for j in indexes[m].query(queries[m], k)[0]})
+    per_model = max(k, config.k)  # re-ranking needs the candidates an indexed image had
+    cand = sorted({int(j) for m in extractors for j in indexes[m].query(queries[m], per_model)[0]})
     raw = {m: angular_distance(indexes[m].vectors(cand), queries[m][None, :]) for m in extractors}
     fused = fusion.combine(raw)
     if "local_offsets" in manifest:

@@ -4,7 +4,7 @@ A product with many photos forms a clump whose photos share most of their near n
 when one pair of them is only moderately close (the front and the back of a box). A look-alike of
 another product may be close to one photo and still share few neighbours with it. The Jaccard
 distance between two images' k-reciprocal neighbourhoods measures that shared evidence; the
-re-ranked distance of a listed pair is
+re-ranked distance of a pair is
 
     d + weight * JACCARD_SCALE * (d_J - JACCARD_CENTRE)
 
@@ -20,10 +20,10 @@ distance-weighted sets (the fused scale has no natural temperature; uniform sets
 2. each j in R(i) adds R_half(j) (k1/2-reciprocal) when at least 2/3 of that set is already in R(i);
 3. V_i: the uniform distribution over that set, averaged over i and its k2 - 1 nearest (local
    query expansion);
-4. d_J(i, j) = 1 - sum(min(V_i, V_j)) / sum(max(V_i, V_j)), for every pair in the neighbour lists.
+4. d_J(i, j) = 1 - sum(min(V_i, V_j)) / sum(max(V_i, V_j)).
 
 Everything is sparse: memory grows with n x k1 x k2, never n x n. It needs neighbourhoods much
-smaller than the folder: with fewer than MIN_IMAGES_PER_K x k1 images the lists are returned as they are.
+smaller than the folder: `Fusion` re-ranks only folders of at least MIN_IMAGES_PER_K x k1 images.
 """
 
 from __future__ import annotations
