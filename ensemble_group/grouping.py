@@ -22,8 +22,8 @@ an earlier image's group, which is how the original cut one product into two gro
 Modes "components" (plain connected components of the cutoff graph) and "mutual" (the same, but an
 edge needs both images in each other's top k) are baselines for `compare`.
 Singletons are allowed in every mode: a product with one photo is a group of one. With
-`alone_margin` > 0, `attach_alone` then gives an image left alone to the group of a clearly nearest
-neighbour (off by default: it did not help on grocery, see benchmarks/).
+`alone_margin` > 0 (1.0 by default), `attach_alone` then gives an image left alone to the group of a
+clearly nearest neighbour: with re-ranking it gains where products have few photos (benchmarks/).
 """
 
 from __future__ import annotations

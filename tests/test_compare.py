@@ -35,7 +35,7 @@ def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
     assert any(a.startswith("original:") and "0.60" in a for a in arms)
     assert {"ahash, same grouper", "dhash, same grouper", "phash, same grouper"} <= set(arms)
     # every candidate option has its A/B row; the descriptor rows come from their own extractions
-    assert {"ensemble + lone-image rule (margin 1)", "ensemble + local scaling (k 10)",
+    assert {"ensemble, lone images not attached", "ensemble + local scaling (k 10)",
             "ensemble + database-side augmentation (k 5)", "ensemble, gem pooling",
             "ensemble, pad framing", "ensemble + flip (mirror image added)", "ensemble, no re-ranking"} <= set(arms)
     split = doc["split"]
