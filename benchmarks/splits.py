@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import RESULTS, ROOT, sets  # noqa: E402
 
 VARIANTS = {"config": (), "no re-ranking": (("rerank_k", 0),), "re-ranking weight 0.6": (("rerank_weight", 0.6),),
-            "re-ranking weight 2": (("rerank_weight", 2.0),)}
+            "re-ranking weight 2": (("rerank_weight", 2.0),), "lone images not attached": (("alone_margin", 0.0),)}
 FIXED_CUTOFFS = (-1.0, -2.0, -3.0, -4.0, -4.5, -5.0, -6.0)
 
 
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--per-product", type=int, nargs="+", default=[3, 4, 6],
                         help="photos per product for the few-photo rows (drawn from grocery-all)")
+    parser.add_argument("--few-only", action="store_true",
+                        help="only the few-photo rows (writes splits-<config>-few.*)")
     args = parser.parse_args()
 
     from ensemble_group.config import load_config
@@ -87,7 +89,8 @@ def main() -> None:
     for name, (folder, labels) in available.items():
         vectors, products, _, _ = labelled_features(folder, labels, config, Reporter(), hashes=False)
         true = np.unique(products, return_inverse=True)[1]
-        cases[name] = (vectors, true)
+        if not args.few_only:
+            cases[name] = (vectors, true)
         if name == "grocery-all":
             for k in args.per_product:
                 cases[f"grocery-all, {k} per product"] = few_photos(vectors, true, k)
@@ -107,7 +110,7 @@ def main() -> None:
         f = r["fixed_cutoff_pairwise_f1"]
         lines.append(f"| {name} | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(f["config"], f["no re-ranking"])) + " |")
     text = "\n".join(lines) + "\n"
-    stem = f"splits-{Path(args.config).stem}"
+    stem = f"splits-{Path(args.config).stem}" + ("-few" if args.few_only else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(text)
     print(text)
