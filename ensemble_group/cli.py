@@ -306,10 +306,10 @@ def compare(
     """A/B table: every single member, the ensemble and the baselines on the same images.
 
     Each arm's cutoff is tuned on half of the products and every figure is reported on the other half
-    (split by product with --seed, never by image; --splits 5 averages five such splits, which a
-    table of a few dozen products needs to be read with confidence). Features are computed once per model (and once
-    more per descriptor option with --descriptors). Each "ensemble + X", "ensemble, X" or "ensemble,
-    no X" row changes one setting of the config: the table says what each option is worth on your photos.
+    (split by product with --seed, never by image). One split of a few dozen products is noisy:
+    --splits 5 averages five. Features are computed once per model (and once more per descriptor
+    option with --descriptors). Each "ensemble + X", "ensemble, X" or "ensemble, no X" row changes
+    one setting of the config: the table says what each option is worth on your photos.
 
     Example: [bold]ensemble-group compare samples/flipkart --labels samples/flipkart/labels.csv[/]
     """
@@ -320,7 +320,8 @@ def compare(
 
     cfg = _config(config, models, weights)
     try:
-        result = run_compare(folder, labels, cfg, seed=seed, splits=splits, reporter=CliReporter(quiet, verbose, progress),
+        result = run_compare(folder, labels, cfg, seed=seed, splits=splits,
+                             reporter=CliReporter(quiet, verbose, progress),
                              cache_file=_cache_arg(cache_file, no_cache), descriptors=descriptors)
     except WeightsNotFound as e:
         _fail(str(e))

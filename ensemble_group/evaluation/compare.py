@@ -236,7 +236,8 @@ def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, sp
     with reporter.task("arms", len(arms) * splits) as advance:
         for s in seeds:
             tune_mask, test_mask = split_products(products, s)
-            sizes.append((len(np.unique(true[tune_mask])), len(np.unique(true[test_mask])), tune_mask.sum(), test_mask.sum()))
+            sizes.append((len(np.unique(true[tune_mask])), len(np.unique(true[test_mask])),
+                          tune_mask.sum(), test_mask.sum()))
             rows = []
             for arm, vecs in arms:
                 rows.append(run_arm(arm, Subset({m: v[tune_mask] for m, v in vecs.items()}, true[tune_mask]),
