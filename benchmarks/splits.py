@@ -32,19 +32,16 @@ FIXED_CUTOFFS = (-1.0, -2.0, -3.0, -4.0, -4.5, -5.0, -6.0)
 
 def held_out(vectors, true, config, seeds) -> dict[str, dict[str, float]]:
     """Mean (and per-seed) held-out pairwise and B-cubed F1 of every variant."""
-    from ensemble_group.evaluation.compare import Arm, Subset, run_arm, split_products
+    from ensemble_group.evaluation.compare import Arm, split_runs
 
-    out = {name: {"pairwise_f1": [], "bcubed_f1": [], "cutoff": []} for name in VARIANTS}
-    for seed in seeds:
-        tune, test = split_products(true, seed)
-        t = Subset({m: v[tune] for m, v in vectors.items()}, true[tune])
-        s = Subset({m: v[test] for m, v in vectors.items()}, true[test])
-        for name, changes in VARIANTS.items():
-            row = run_arm(Arm(name, config.models, changes), t, s, config)
-            for key in out[name]:
-                out[name][key].append(round(row[key], 4))
-    return {name: {"mean_pairwise_f1": round(float(np.mean(r["pairwise_f1"])), 3),
-                   "mean_bcubed_f1": round(float(np.mean(r["bcubed_f1"])), 3), **r} for name, r in out.items()}
+    arms = [(Arm(name, config.models, changes), vectors) for name, changes in VARIANTS.items()]
+    per_split, _ = split_runs(arms, true, list(seeds), config)
+    out = {}
+    for i, name in enumerate(VARIANTS):
+        r = {key: [round(rows[i][key], 4) for rows in per_split] for key in ("pairwise_f1", "bcubed_f1", "cutoff")}
+        out[name] = {"mean_pairwise_f1": round(float(np.mean(r["pairwise_f1"])), 3),
+                     "mean_bcubed_f1": round(float(np.mean(r["bcubed_f1"])), 3), **r}
+    return out
 
 
 def fixed(vectors, true, config) -> dict[str, list[float]]:

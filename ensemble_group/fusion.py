@@ -152,8 +152,11 @@ class Fusion:
         fused = self.combine(raw)
         if self.offset is not None:
             fused -= self.offset[members][:, None] + self.offset[members][None, :]
-        if self.neighbourhoods is not None:
-            fused += self.neighbourhoods.adjustment(members[:, None], members[None, :], self.rerank_weight)
+        if self.neighbourhoods is not None:  # Jaccard is symmetric: each pair once
+            i, j = np.triu_indices(len(members), 1)
+            adjust = self.neighbourhoods.adjustment(members[i], members[j], self.rerank_weight)
+            fused[i, j] += adjust
+            fused[j, i] += adjust
         np.fill_diagonal(fused, 0.0)
         return fused
 

@@ -312,11 +312,11 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
     if "local_offsets" in manifest:
         fused = local_query(fused, np.asarray(manifest["local_offsets"])[cand], manifest["local_centre"], config.local_k)
     if "rerank" in manifest:
-        lists = np.load(index_dir / manifest["rerank"]["file"])
-        first = np.argsort(fused, kind="stable")[:lists["ids"].shape[1]]
+        with np.load(index_dir / manifest["rerank"]["file"]) as lists:  # each array read once
+            ids, dist = lists["ids"].astype(np.int64), lists["dist"]
+        first = np.argsort(fused, kind="stable")[:ids.shape[1]]
         cand, fused = np.asarray(cand)[first], fused[first]
-        fused = fused + query_adjustment(lists["ids"].astype(np.int64), lists["dist"], cand, fused,
-                                         manifest["rerank"]["k"], manifest["rerank"]["weight"])
+        fused = fused + query_adjustment(ids, dist, cand, fused, manifest["rerank"]["k"], manifest["rerank"]["weight"])
     order = np.argsort(fused, kind="stable")[:k]
     group_of = manifest["group_of"]
     return QueryResult(str(image), [{"image": manifest["images"][cand[t]], "distance": round(float(fused[t]), 4),

@@ -232,24 +232,32 @@ def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, sp
             raise ValueError(f"{name}: the extraction kept other images than the config's")
         arms.append((Arm(name, config.models, tuple(change.items())), other))
     seeds = list(range(seed, seed + splits))
-    per_split, sizes = [], []
     with reporter.task("arms", len(arms) * splits) as advance:
-        for s in seeds:
-            tune_mask, test_mask = split_products(products, s)
-            sizes.append((len(np.unique(true[tune_mask])), len(np.unique(true[test_mask])),
-                          tune_mask.sum(), test_mask.sum()))
-            rows = []
-            for arm, vecs in arms:
-                rows.append(run_arm(arm, Subset({m: v[tune_mask] for m, v in vecs.items()}, true[tune_mask]),
-                                    Subset({m: v[test_mask] for m, v in vecs.items()}, true[test_mask]), config))
-                advance(1)
-            per_split.append(rows)
+        per_split, sizes = split_runs(arms, true, seeds, config, advance)
     mean = np.mean(sizes, axis=0)
     return {"folder": str(Path(folder).resolve()), "labels": str(Path(labels_csv).resolve()),
             "split": {"by": "product", "seed": seed, "seeds": seeds, "tune_products": int(round(mean[0])),
                       "test_products": int(round(mean[1])), "tune_images": int(round(mean[2])),
                       "test_images": int(round(mean[3]))},
             "config": config.to_dict(), "info": info, "rows": mean_rows(per_split)}
+
+
+def split_runs(arms: list[tuple[Arm, dict[str, np.ndarray]]], true: np.ndarray, seeds: list[int], config: Config,
+               advance=lambda n: None) -> tuple[list[list[dict[str, Any]]], list[tuple[int, int, int, int]]]:
+    """Every arm (with the vectors it reads) on each product split: (rows per split, and each split's
+    (tune products, test products, tune images, test images))."""
+    per_split, sizes = [], []
+    for s in seeds:
+        tune_mask, test_mask = split_products(true, s)
+        sizes.append((len(np.unique(true[tune_mask])), len(np.unique(true[test_mask])),
+                      int(tune_mask.sum()), int(test_mask.sum())))
+        rows = []
+        for arm, vecs in arms:
+            rows.append(run_arm(arm, Subset({m: v[tune_mask] for m, v in vecs.items()}, true[tune_mask]),
+                                Subset({m: v[test_mask] for m, v in vecs.items()}, true[test_mask]), config))
+            advance(1)
+        per_split.append(rows)
+    return per_split, sizes
 
 
 def mean_rows(per_split: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
