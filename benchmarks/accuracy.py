@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--splits", type=int, default=1, help="product splits to average over (seeds SEED, SEED+1, ...)")
     parser.add_argument("--descriptors", action="store_true",
-                        help="also the descriptor rows (other pooling, other framing, flip): extracts each set again")
+                        help="also the descriptor rows (other poolings, other framing, flip): extracts each set again")
     args = parser.parse_args()
 
     from ensemble_group.config import load_config

@@ -298,7 +298,7 @@ def compare(
                                         "steadier figures, each split costs one more pass over the arms.")] = 1,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write compare.md and compare.json here.")] = None,
     descriptors: Annotated[bool, typer.Option(
-        "--descriptors", help="Also the rows of the descriptor options (other pooling, other framing, flip): "
+        "--descriptors", help="Also the rows of the descriptor options (the other poolings, other framing, flip): "
                               "each extracts the folder again, flip at twice the cost.")] = False,
     cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,

@@ -119,7 +119,8 @@ class Extractor:
     which fuses the tile transforms; members with no such layer run as they are (XLA slows the
     depthwise members down). With `fold`, batch normalisations are folded into their convolutions
     (`fold.fold_batchnorm`). Both give the same features as the model as built, up to float rounding.
-    `pooling` "gem" swaps the global average for a generalized mean (`gem_pooled`); `flip` adds the
+    `pooling` "gem" swaps the global average for a generalized mean (`gem_pooled`), "rmac" for
+    regional maxima (`rmac_pooled`); `flip` adds the
     mirror image's pooled vector to each image's (twice the work).
     """
 
@@ -140,7 +141,7 @@ class Extractor:
         self.model = spec.build(weights_path)
         self.winograd_layers = accelerate(self.model) if winograd else 0
         self.folded_layers = fold_batchnorm(self.model) if fold else 0  # after Winograd: it wraps the conv op
-        net = self.model if pooling == "avg" else gem_pooled(self.model)
+        net = {"avg": lambda m: m, "gem": gem_pooled, "rmac": rmac_pooled}[pooling](self.model)
         self._forward = tf.function(lambda x: net(x, training=False), reduce_retracing=True,
                                     jit_compile=self.winograd_layers > 0)
 
@@ -190,6 +191,58 @@ def gem_pooled(model: "keras.Model") -> "keras.Model":  # noqa: F821
         lambda x: keras.ops.power(keras.ops.mean(keras.ops.power(keras.ops.maximum(x, 1e-6), GEM_P), axis=(1, 2)),
                                   1.0 / GEM_P), name="gem")(fmap)
     return keras.Model(model.input, pooled, name=f"{model.name}_gem")
+
+
+RMAC_LEVELS = 3  # Tolias et al. 2016: regions at 3 scales
+
+
+def rmac_regions(h: int, w: int, levels: int = RMAC_LEVELS, overlap: float = 0.4) -> list[tuple[int, int, int]]:
+    """(top, left, side) of the R-MAC regions of an (h, w) map, sampled as in Radenovic et al.'s
+    cnnimageretrieval: the whole map, then at level l squares of side 2 min(h, w) / (l + 1) spread
+    evenly with about `overlap` (a 7 x 7 map: the whole map twice, 4 squares of 4, 9 of 3)."""
+    side = min(h, w)
+    steps = np.arange(2, 8)
+    b = (max(h, w) - side) / (steps - 1)
+    extra = int(np.argmin(np.abs((side ** 2 - side * b) / side ** 2 - overlap))) + 1
+    wd, hd = (extra, 0) if h < w else (0, extra) if h > w else (0, 0)
+    out = [(0, 0, 0)]  # side 0: the whole map
+    for level in range(1, levels + 1):
+        wl = int(np.floor(2 * side / (level + 1)))
+        if wl == 0:
+            continue
+        half = np.floor(wl / 2 - 1)
+        bw = 0 if level + wd == 1 else (w - wl) / (level + wd - 1)
+        bh = 0 if level + hd == 1 else (h - wl) / (level + hd - 1)
+        lefts = np.floor(half + np.arange(level + wd) * bw) - half
+        tops = np.floor(half + np.arange(level + hd) * bh) - half
+        out += [(int(t), int(left), wl) for t in tops for left in lefts]
+    return out
+
+
+def rmac_pooled(model: "keras.Model") -> "keras.Model":  # noqa: F821
+    """The same net with R-MAC pooling (Tolias et al., ICLR 2016) in place of its global average.
+
+    Each region of `rmac_regions` is max-pooled and l2-normalised, and the regions are summed: a
+    product that fills only part of the photo (a close-up's detail, a packet on a shelf) still has
+    regions of its own, where the global average mixes it with the background. Shares the layers
+    (and any acceleration) of `model`.
+    """
+    import keras
+
+    if not isinstance(model.layers[-1], keras.layers.GlobalAveragePooling2D):
+        raise ValueError(f"{model.name}: R-MAC pooling needs a net ending in global average pooling")
+    fmap = model.layers[-2].output
+    h, w = int(fmap.shape[1]), int(fmap.shape[2])
+    boxes = [(0, 0, h, w) if s == 0 else (t, left, s, s) for t, left, s in rmac_regions(h, w)]
+
+    def pool(x):
+        total = 0.0
+        for top, left, dh, dw in boxes:
+            v = keras.ops.max(x[:, top:top + dh, left:left + dw, :], axis=(1, 2))
+            total = total + v / keras.ops.maximum(keras.ops.norm(v, axis=-1, keepdims=True), 1e-30)  # 0 stays 0
+        return total
+
+    return keras.Model(model.input, keras.layers.Lambda(pool, name="rmac")(fmap), name=f"{model.name}_rmac")
 
 
 def frame_batch(images: Sequence[np.ndarray], size: int, framing: str) -> np.ndarray:

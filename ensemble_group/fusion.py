@@ -11,6 +11,11 @@ becomes (d - median) / (1.4826 * MAD), a robust z-score. 0 is a typical unrelate
 show different products, so the median and MAD describe "unrelated" and do not depend on how many
 products the folder has (a rank-based, quantile normalisation would: its cutoff would have to shrink
 as the folder grows). It is invariant to any affine change of a model's distances, which a test shows.
+"quantile" is the rank-based alternative: a distance becomes the normal score of its rank among
+the same random pairs (a monotone, piecewise-linear map; beyond the 1% and 99% quantiles it goes on
+with the slope of the outer 15%), so a model whose distances are skewed is straightened out, and 0
+and -2 keep the meaning they have under "robust-z" for a normal spread. Measured as an option
+(benchmarks/README.md): it gains on grocery-packages, loses on grocery-810.
 "none" keeps raw angular distances (the `seed` baseline uses it, like the original).
 
 For each image the candidates are the union of every model's top-k from its Annoy index; each
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ensemble_group.config import NORMALISATIONS
 from ensemble_group.index import ModelIndex, angular_distance
 from ensemble_group.rerank import Neighbourhoods
 
@@ -37,22 +43,37 @@ _MAD_TO_SD = 1.4826
 
 @dataclass(frozen=True)
 class Normaliser:
-    """Maps one model's raw angular distances onto the common scale: (d - centre) / scale."""
+    """Maps one model's raw angular distances onto the common scale: (d - centre) / scale, or
+    ("quantile") piecewise-linearly through `knots`, ((distance, score), ...) ascending over 0..2."""
 
     method: str
     centre: float = 0.0
     scale: float = 1.0
+    knots: tuple[tuple[float, float], ...] = ()
 
     def __call__(self, d: np.ndarray) -> np.ndarray:
-        return (np.asarray(d, dtype=np.float64) - self.centre) / self.scale
+        d = np.asarray(d, dtype=np.float64)
+        if self.knots:
+            x, z = np.asarray(self.knots, dtype=np.float64).T
+            return np.interp(d, x, z)
+        return (d - self.centre) / self.scale
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "centre": self.centre, "scale": self.scale}
+        out = {"method": self.method, "centre": self.centre, "scale": self.scale}
+        return out | ({"knots": [list(k) for k in self.knots]} if self.knots else {})
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Normaliser":
+        return cls(**doc | {"knots": tuple(tuple(k) for k in doc.get("knots", ()))})
+
+
+_QUANTILE_SCORES = np.linspace(-2.3263, 2.3263, 19)  # normal scores of the 1% ... 99% quantiles
+_TAIL = 5  # knots spanned by the slope that carries a tail on (about 15% of the pairs)
 
 
 def fit_normaliser(vectors: np.ndarray, method: str = "robust-z", *, seed: int = 42) -> Normaliser:
     """Learn a model's normaliser from random pairs of its (n, dim) unit vectors."""
-    if method not in ("none", "robust-z"):
+    if method not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation {method!r}")
     return fit_from_distances(reference_distances(vectors, seed=seed), method)
 
@@ -66,7 +87,33 @@ def fit_from_distances(d: np.ndarray, method: str = "robust-z") -> Normaliser:
         return Normaliser(method, float(d[0]) if len(d) else 0.0, 1.0)
     centre = float(np.median(d))
     mad = float(np.median(np.abs(d - centre)))
-    return Normaliser(method, centre, max(_MAD_TO_SD * mad, 1e-6))
+    scale = max(_MAD_TO_SD * mad, 1e-6)
+    if method == "quantile":
+        return Normaliser(method, centre, scale, _quantile_knots(d, scale))
+    return Normaliser(method, centre, scale)
+
+
+def _quantile_knots(d: np.ndarray, scale: float) -> tuple[tuple[float, float], ...]:
+    """(distance, normal score) knots: the reference's quantiles, and the ends of the distance range
+    (0 and 2) reached by carrying each tail on with the slope of its outer knots."""
+    z = _QUANTILE_SCORES
+    x = np.quantile(d, norm_cdf(z))
+    x = np.maximum.accumulate(x) + np.arange(len(x)) * 1e-9 * scale  # strictly increasing, even with ties
+    low = max((x[_TAIL] - x[0]) / (z[_TAIL] - z[0]), 1e-9)
+    high = max((x[-1] - x[-1 - _TAIL]) / (z[-1] - z[-1 - _TAIL]), 1e-9)
+    knots = [(float(a), float(b)) for a, b in zip(x, z)]
+    if x[0] > 0.0:
+        knots.insert(0, (0.0, float(z[0] - x[0] / low)))
+    if x[-1] < 2.0:
+        knots.append((2.0, float(z[-1] + (2.0 - x[-1]) / high)))
+    return tuple(knots)
+
+
+def norm_cdf(z: np.ndarray) -> np.ndarray:
+    """Standard normal CDF."""
+    from scipy.special import ndtr
+
+    return ndtr(z)
 
 
 def reference_distances(vectors: np.ndarray, *, seed: int = 42, max_pairs: int = MAX_REFERENCE_PAIRS) -> np.ndarray:

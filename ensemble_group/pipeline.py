@@ -296,7 +296,7 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
     array = load(Path(image), Path(image).name)
     # one photo: a batch of one, and no XLA compile that would cost more than it saves
     extractors = load_extractors(config.replace(batch_size=1, winograd=False), weights)
-    normalisers = {m: Normaliser(**manifest["normalisers"][m]) for m in config.models}
+    normalisers = {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in config.models}
     fusion = Fusion({}, normalisers, config.fusion_weights())
     queries, indexes = {}, {}
     for m, ex in extractors.items():

@@ -191,3 +191,18 @@ def test_query_reranks_against_the_saved_lists(sample_run, tmp_path):
     # the same fused distances, each moved by its neighbourhood overlap (by -3 to +2)
     moved = np.array([f["distance"] - unranked[f["image"]] for f in found if f["image"] in unranked])
     assert len(moved) >= 3 and moved.min() < -0.1 and np.all((moved >= -3.001) & (moved <= 2.001))
+
+
+def test_query_ranks_like_the_run_under_quantile_normalisation(sample_run, tmp_path):
+    from ensemble_group import group_folder, load_config, query_index, write_run
+
+    run = group_folder(SAMPLE, load_config(OFFLINE).replace(normalisation="quantile"),
+                       cache_file=sample_run / "emb.sqlite")
+    write_run(run, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "index" / "manifest.json").read_text())
+    assert all(len(n["knots"]) > 10 for n in manifest["normalisers"].values())
+    i = 7
+    found = query_index(run.images[i].path, tmp_path / "out", k=6).neighbours
+    assert found[0]["image"] == manifest["images"][i]
+    assert [f["image"] for f in found[1:]] == [manifest["images"][j] for j in run.neighbours.ids[i, :5]]
+    np.testing.assert_allclose([f["distance"] for f in found[1:]], run.neighbours.dist[i, :5], atol=1e-4)

@@ -36,8 +36,9 @@ def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
     assert {"ahash, same grouper", "dhash, same grouper", "phash, same grouper"} <= set(arms)
     # every candidate option has its A/B row; the descriptor rows come from their own extractions
     assert {"ensemble, lone images not attached", "ensemble + local scaling (k 10)",
-            "ensemble + database-side augmentation (k 5)", "ensemble, gem pooling",
-            "ensemble, pad framing", "ensemble + flip (mirror image added)", "ensemble, no re-ranking"} <= set(arms)
+            "ensemble + database-side augmentation (k 5)", "ensemble, gem pooling", "ensemble, rmac pooling",
+            "ensemble, pad framing", "ensemble + flip (mirror image added)", "ensemble, no re-ranking",
+            "ensemble, quantile normalisation (rank-based)"} <= set(arms)
     split = doc["split"]
     assert split["by"] == "product" and split["tune_products"] + split["test_products"] == 6
     for row in doc["rows"]:

@@ -33,7 +33,7 @@ def test_unknown_key_names_the_valid_ones(tmp_path):
     ({"models": ("vgg16-tv", "vgg16-tv")}, "listed twice"),
     ({"winograd": "yes"}, "winograd must be true or false"),
     ({"alone_margin": -1.0}, "alone_margin must be >= 0"),
-    ({"pooling": "max"}, "pooling must be one of avg, gem"),
+    ({"pooling": "max"}, "pooling must be one of avg, gem, rmac"),
     ({"flip": 1}, "flip must be true or false"),
     ({"local_k": -1}, "local_k must be >= 0"),
     ({"rerank_k": -1}, "rerank_k must be >= 0"),

@@ -61,6 +61,43 @@ def test_gem_pooling_is_the_generalized_mean_of_the_last_map_and_has_its_own_cac
     assert settings_key("vgg16", "w", "squash", "gem") != settings_key("vgg16", "w", "squash")
 
 
+def test_rmac_regions_follow_the_papers_sampling():
+    from ensemble_group.extractors import rmac_regions
+
+    square = rmac_regions(7, 7)  # whole map, whole map again (level 1), 4 squares of 4, 9 of 3
+    assert [r[2] for r in square] == [0, 7] + [4] * 4 + [3] * 9
+    assert {(t, left) for t, left, s in square if s == 4} == {(0, 0), (0, 3), (3, 0), (3, 3)}
+    assert {(t, left) for t, left, s in square if s == 3} == {(t, left) for t in (0, 2, 4) for left in (0, 2, 4)}
+    wide = rmac_regions(7, 10)  # a wider map gets one more column of regions at every level
+    assert [r[2] for r in wide].count(7) == 2 and [r[2] for r in wide].count(4) == 6
+    for h, w in ((7, 7), (7, 10), (8, 8), (5, 9)):
+        assert all(t + s <= h and left + s <= w for t, left, s in rmac_regions(h, w))  # inside the map
+
+
+def test_rmac_pooling_sums_normalised_regional_maxima_of_the_last_map():
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from ensemble_group.extractors import MODELS, Extractor, rmac_regions
+    from ensemble_group.features import settings_key
+
+    x = np.random.default_rng(2).uniform(0, 255, size=(3, 224, 224, 3)).astype(np.float32)
+    rmac = Extractor(MODELS["mobilenet-v2"], None, batch_size=3, pooling="rmac")
+    trunk = keras.Model(rmac.model.input, rmac.model.layers[-2].output)
+    fmap = trunk(MODELS["mobilenet-v2"].preprocess(x)).numpy()  # (3, 7, 7, 1280)
+    want = np.zeros((3, fmap.shape[-1]))
+    for top, left, side in rmac_regions(7, 7):
+        box = fmap if side == 0 else fmap[:, top:top + side, left:left + side]
+        v = box.max(axis=(1, 2))
+        want += v / np.linalg.norm(v, axis=1, keepdims=True)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    got = rmac.embed_framed(x)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    plain_max = fmap.max(axis=(1, 2)) / np.linalg.norm(fmap.max(axis=(1, 2)), axis=1, keepdims=True)
+    assert (got * plain_max).sum(axis=1).max() < 0.9999  # the regions count, not only the global maximum
+    assert settings_key("vgg16", "w", "squash", "rmac") != settings_key("vgg16", "w", "squash", "gem")
+
+
 def test_flip_adds_the_mirror_images_vector_and_has_its_own_cache_key():
     pytest.importorskip("tensorflow")
     from ensemble_group.extractors import MODELS, Extractor, l2_normalise

@@ -1,5 +1,7 @@
 """Fusion: normalisation puts models with different distance scales on one scale; ranking is exact."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,38 @@ def test_robust_z_is_invariant_to_affine_changes_of_a_models_distances():
     a, b = fit_from_distances(d), fit_from_distances(0.2 * d + 0.05)
     probe = np.linspace(0.0, 1.0, 11)
     np.testing.assert_allclose(a(probe), b(0.2 * probe + 0.05), atol=1e-9)
+
+
+def test_quantile_normalisation_is_rank_based_and_agrees_with_robust_z_on_a_normal_spread():
+    rng = np.random.default_rng(2)
+    d = np.clip(rng.normal(1.0, 0.08, size=20_000), 0.0, 2.0)
+    quantile, robust = fit_from_distances(d, "quantile"), fit_from_distances(d, "robust-z")
+    probe = np.linspace(0.6, 1.4, 17)  # -5 ... +5 robust standard deviations
+    np.testing.assert_allclose(quantile(probe), robust(probe), atol=0.15)
+    # rank-based: any increasing change of a model's distances leaves the scores where they were
+    cubed = fit_from_distances(d ** 3, "quantile")
+    inside = np.linspace(0.85, 1.15, 7)  # within the 1% ... 99% quantiles
+    np.testing.assert_allclose(cubed(inside ** 3), quantile(inside), atol=0.03)
+    assert np.all(np.diff(quantile(np.linspace(0.0, 2.0, 201))) > 0)  # monotone over the whole range
+
+
+def test_quantile_normalisation_straightens_a_skewed_model():
+    """A model whose unrelated pairs spread further on the close side: robust-z puts that side's
+    2.3% quantile far from -2, quantile normalisation at -2."""
+    rng = np.random.default_rng(3)
+    d = 1.2 - rng.gamma(2.0, 0.05, size=20_000)  # long tail towards small distances
+    q = np.quantile(d, 0.02275)
+    assert abs(fit_from_distances(d, "quantile")(q) + 2.0) < 0.05
+    assert fit_from_distances(d, "robust-z")(q) < -2.5
+
+
+def test_a_quantile_normaliser_survives_its_manifest():
+    from ensemble_group.fusion import Normaliser
+
+    n = fit_from_distances(np.random.default_rng(4).gamma(4.0, 0.1, size=3000), "quantile")
+    again = Normaliser.from_dict(json.loads(json.dumps(n.to_dict())))
+    probe = np.linspace(0.0, 2.0, 41)
+    np.testing.assert_array_equal(again(probe), n(probe))
 
 
 def test_one_cutoff_means_the_same_for_models_with_very_different_scales():

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_group.config import Config
+from ensemble_group.config import POOLINGS, Config
 from ensemble_group.evaluation.metrics import pairwise_prf, bcubed, score
 from ensemble_group.fusion import FusedNeighbours, Fusion
 from ensemble_group.grouping import group_as
@@ -81,6 +81,11 @@ def default_arms(config: Config, original_model: str) -> list[Arm]:
     else:
         arms.append(Arm(f"ensemble + k-reciprocal re-ranking (k {RERANK_K}, weight 1)", config.models,
                         (("rerank_k", RERANK_K), ("rerank_weight", 1.0))))
+    if config.normalisation == "robust-z":
+        arms.append(Arm("ensemble, quantile normalisation (rank-based)", config.models,
+                        (("normalisation", "quantile"),)))
+    elif config.normalisation == "quantile":
+        arms.append(Arm("ensemble, robust-z normalisation", config.models, (("normalisation", "robust-z"),)))
     if config.mode != "average":
         arms.append(Arm("ensemble, average linkage", config.models, (("mode", "average"),)))
     arms.append(Arm("ensemble, connected components", config.models, (("mode", "components"),)))
@@ -100,9 +105,8 @@ def descriptor_changes(config: Config) -> list[tuple[str, dict[str, Any]]]:
     Each needs the folder extracted again with that setting (flip: at twice the cost), so `compare`
     adds these rows only when asked (`descriptors=True`).
     """
-    other_pooling = "avg" if config.pooling == "gem" else "gem"
     other_framing = "squash" if config.framing == "pad" else "pad"
-    return [(f"ensemble, {other_pooling} pooling", {"pooling": other_pooling}),
+    return [*((f"ensemble, {p} pooling", {"pooling": p}) for p in POOLINGS if p != config.pooling),
             (f"ensemble, {other_framing} framing", {"framing": other_framing}),
             ("ensemble, no flip" if config.flip else "ensemble + flip (mirror image added)", {"flip": not config.flip})]
 
