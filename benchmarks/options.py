@@ -1,8 +1,8 @@
-"""The cost of each descriptor option: framing (squash | pad) and pooling (avg | gem), flip on or off.
+"""The cost of each descriptor option: framing (squash | pad), pooling (avg | gem | rmac), flip on or off.
 
 Framing is timed per photo on decoded photos (`images.frame` to the members' input size). Each
 member's inference is timed with the engine's path (`Extractor.embed_framed`) for the default
-(avg, no flip), `pooling = "gem"` and `flip = true`, taking turns in one process (`--rounds`
+(avg, no flip), `pooling = "gem"`, `pooling = "rmac"` and `flip = true`, taking turns in one process (`--rounds`
 times, best kept), so a noisy machine slows them alike. The accuracy of each option is in the
 `compare --descriptors` rows (`accuracy.py --descriptors`).
 
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import best_of, cpu, member_options, photos, write_result  # noqa: E402
 
-VARIANTS = {"avg": {}, "gem": {"pooling": "gem"}, "flip": {"flip": True}}
+VARIANTS = {"avg": {}, "gem": {"pooling": "gem"}, "rmac": {"pooling": "rmac"}, "flip": {"flip": True}}
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from accuracy import sets  # noqa: E402
 from speed import ROOT, cpu, write_result  # noqa: E402
 from splits import few_photos  # noqa: E402
 
-ROWS = ("the config", "R-MAC pooling", "quantile normalisation")
+ROWS = ("the config", "R-MAC pooling", "quantile normalisation", "R-MAC + quantile")
 
 
 def main() -> None:
@@ -52,7 +52,8 @@ def main() -> None:
         assert (rmac_products == products).all()
         arms = [(Arm(ROWS[0], config.models), plain),
                 (Arm(ROWS[1], config.models, (("pooling", "rmac"),)), rmac),
-                (Arm(ROWS[2], config.models, (("normalisation", "quantile"),)), plain)]
+                (Arm(ROWS[2], config.models, (("normalisation", "quantile"),)), plain),
+                (Arm(ROWS[3], config.models, (("pooling", "rmac"), ("normalisation", "quantile"))), rmac)]
         for per in [0, *args.per_product]:
             label = name if not per else f"{name}, {per} per product"
             cut = [(arm, few_photos(vecs, products, per)[0] if per else vecs) for arm, vecs in arms]

@@ -71,3 +71,25 @@ def test_several_splits_average_the_single_split_tables(tmp_path, weights_cache)
         assert len(row["pairwise_f1_per_split"]) == 3
         assert row["pairwise_f1_per_split"][1] == round(alone["pairwise_f1"], 4)  # split 1 is seed 1's table
         assert abs(row["pairwise_f1"] - np.mean(row["pairwise_f1_per_split"])) < 1e-4
+
+
+def test_the_plain_and_original_rows_read_average_pooled_vectors_whatever_the_config_pools(tmp_path, weights_cache):
+    from ensemble_group.config import load_config
+    from ensemble_group.evaluation.compare import compare, default_arms, extraction_change
+
+    config = load_config(ROOT / "configs" / "offline.toml")
+    rmac = config.replace(pooling="rmac")
+    changes = {a.name: extraction_change(a, rmac) for a in default_arms(rmac, "vgg16-tv")}
+    assert changes[next(n for n in changes if n.startswith("ensemble ("))] == ()
+    assert {c for n, c in changes.items() if "plain" in n or n.startswith("original")} == {(("pooling", "avg"),)}
+    assert all(c == () for c in (extraction_change(a, config) for a in default_arms(config, "vgg16-tv")))
+
+    cache = tmp_path / "emb.sqlite"
+    rows = {p: {r["arm"]: r for r in compare(SAMPLE, SAMPLE / "labels.csv", config.replace(pooling=p),
+                                             cache_file=cache)["rows"]} for p in ("avg", "rmac")}
+    fixed = [n for n in rows["avg"] if "plain" in n or n.startswith("original") or "same grouper" in n]
+    assert len(fixed) == 6
+    for name in fixed:  # the same vectors, so the same figures
+        assert rows["rmac"][name]["pairwise_f1"] == rows["avg"][name]["pairwise_f1"], name
+    ensemble = next(n for n in rows["avg"] if n.startswith("ensemble ("))
+    assert rows["rmac"][ensemble]["cutoff"] != rows["avg"][ensemble]["cutoff"]  # R-MAC vectors there

@@ -38,6 +38,8 @@ class Arm:
         return base.replace(**dict(self.changes))
 
 
+EXTRACTION_SETTINGS = ("framing", "pooling", "flip")  # changing one needs the folder extracted again
+AVERAGE_POOLING = (("pooling", "avg"),)  # the plain and original rows: average pooling whatever the config's
 NO_POSTPROCESSING = (("power", 1.0), ("whiten_dim", 0), ("dba_k", 0))
 NO_LONE_RULE = (("alone_margin", 0.0),)
 BASELINE = NO_POSTPROCESSING + NO_LONE_RULE + (("local_k", 0), ("rerank_k", 0))  # none of the engine's refinements
@@ -91,24 +93,30 @@ def default_arms(config: Config, original_model: str) -> list[Arm]:
     arms.append(Arm("ensemble, connected components", config.models, (("mode", "components"),)))
     if postprocessed or config.mode != "average":
         arms.append(Arm("ensemble, plain: average pooling, no post-processing, connected components",
-                        config.models, BASELINE + (("mode", "components"),)))
-    seed_rule = BASELINE + (("mode", "seed"), ("normalisation", "none"), ("k", 5))
+                        config.models, AVERAGE_POOLING + BASELINE + (("mode", "components"),)))
+    seed_rule = AVERAGE_POOLING + BASELINE + (("mode", "seed"), ("normalisation", "none"), ("k", 5))
     arms += [Arm(f"original: {original_model}, seed rule, cutoff 0.60", (original_model,), seed_rule, SEED_CUTOFF),
              Arm(f"original: {original_model}, seed rule, tuned cutoff", (original_model,), seed_rule)]
     arms += [Arm(f"{h}, same grouper", (h,), BASELINE) for h in HASH_METHODS]
     return arms
 
 
-def descriptor_changes(config: Config) -> list[tuple[str, dict[str, Any]]]:
-    """The descriptor options, each changed from the config's setting: (row name, extraction change).
+def descriptor_arms(config: Config) -> list[Arm]:
+    """The descriptor options, each changed from the config's setting.
 
     Each needs the folder extracted again with that setting (flip: at twice the cost), so `compare`
     adds these rows only when asked (`descriptors=True`).
     """
     other_framing = "squash" if config.framing == "pad" else "pad"
-    return [*((f"ensemble, {p} pooling", {"pooling": p}) for p in POOLINGS if p != config.pooling),
-            (f"ensemble, {other_framing} framing", {"framing": other_framing}),
-            ("ensemble, no flip" if config.flip else "ensemble + flip (mirror image added)", {"flip": not config.flip})]
+    return [*(Arm(f"ensemble, {p} pooling", config.models, (("pooling", p),)) for p in POOLINGS if p != config.pooling),
+            Arm(f"ensemble, {other_framing} framing", config.models, (("framing", other_framing),)),
+            Arm("ensemble, no flip" if config.flip else "ensemble + flip (mirror image added)", config.models,
+                (("flip", not config.flip),))]
+
+
+def extraction_change(arm: Arm, config: Config) -> tuple[tuple[str, Any], ...]:
+    """How the arm's vectors are extracted differently from the config's: () when they are the same."""
+    return tuple(sorted((k, v) for k, v in arm.changes if k in EXTRACTION_SETTINGS and getattr(config, k) != v))
 
 
 def split_products(products: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +225,9 @@ def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, sp
 
     splits: the number of product splits (seeds seed, seed + 1, ...); each row is the mean over them,
     with every split's pairwise F1 kept (one split of a few dozen products is a noisy measurement).
-    descriptors: also the rows of `descriptor_changes`, each on its own extraction of the folder.
+    descriptors: also the rows of `descriptor_arms`. An arm whose extraction settings differ from the
+    config's (those rows; the plain and original rows when the config pools otherwise than by average)
+    reads the folder extracted with its settings.
     """
     from ensemble_group.pipeline import Reporter
 
@@ -228,13 +238,21 @@ def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, sp
     run_config = config if original in config.models else config.replace(models=(*config.models, original))
     vectors, products, rels, info = labelled_features(Path(folder), Path(labels_csv), run_config, reporter, cache_file)
     _, true = np.unique(products, return_inverse=True)
-    arms = [(arm, vectors) for arm in default_arms(config, original)]
-    for name, change in descriptor_changes(config) if descriptors else []:
-        other, _, other_rels, _ = labelled_features(Path(folder), Path(labels_csv), config.replace(**change), reporter,
-                                                    cache_file, hashes=False)
-        if list(other_rels) != list(rels):  # a file that one setting read and another could not
-            raise ValueError(f"{name}: the extraction kept other images than the config's")
-        arms.append((Arm(name, config.models, tuple(change.items())), other))
+    arms = default_arms(config, original) + (descriptor_arms(config) if descriptors else [])
+    needs: dict[tuple, set[str]] = {}
+    for arm in arms:
+        needs.setdefault(extraction_change(arm, config), set()).update(arm.sources)
+    extractions = {(): vectors}
+    for change, sources in needs.items():
+        if change:
+            models = tuple(m for m in run_config.models if m in sources)
+            other, _, other_rels, _ = labelled_features(Path(folder), Path(labels_csv),
+                                                        config.replace(models=models, **dict(change)), reporter,
+                                                        cache_file, hashes=False)
+            if list(other_rels) != list(rels):  # a file that one setting read and another could not
+                raise ValueError(f"{dict(change)}: the extraction kept other images than the config's")
+            extractions[change] = other
+    arms = [(arm, extractions[extraction_change(arm, config)]) for arm in arms]
     seeds = list(range(seed, seed + splits))
     with reporter.task("arms", len(arms) * splits) as advance:
         per_split, sizes = split_runs(arms, true, seeds, config, advance)
