@@ -77,10 +77,11 @@ def predicted(spec, model, framed):
 
 
 def same_features(models: list[str], files: list[Path], weights, config) -> float:
-    """Lowest per-image cosine between the engine's vectors and plain `model.predict` on the same arrays."""
+    """Lowest per-image cosine between the engine's vectors and plain `model.predict` (of the model as
+    built, with the config's pooling) on the same arrays."""
     import numpy as np
 
-    from ensemble_group.extractors import MODELS, Extractor, frame_batch
+    from ensemble_group.extractors import MODELS, Extractor, frame_batch, pooled
     from ensemble_group.images import load
 
     images = [load(f) for f in files]
@@ -89,9 +90,9 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
         spec = MODELS[m]
         framed = frame_batch(images, spec.input_size, config.framing)
         extractor = Extractor(spec, weights[m].path, batch_size=config.batch_size, framing=config.framing,
-                              winograd=config.winograd)
+                              winograd=config.winograd, pooling=config.pooling)
         engine = extractor.embed_framed(framed)
-        plain_vectors = predicted(spec, twin(spec, weights[m].path, extractor), framed)
+        plain_vectors = predicted(spec, pooled(twin(spec, weights[m].path, extractor), config.pooling), framed)
         lowest = min(lowest, float(np.sum(engine * plain_vectors, axis=1).min()))
     return lowest
 

@@ -31,7 +31,7 @@ class Config:
     weights_files: dict[str, str] = field(default_factory=dict)  # explicit weight file per model
     allow_random_weights: bool = False  # only for smoke tests; results are meaningless
     framing: str = "squash"
-    pooling: str = "avg"  # global pooling of each member's last map: avg | gem (generalized mean, p = 3) | rmac
+    pooling: str = "rmac"  # global pooling of each member's last map: avg | gem (generalized mean, p = 3) | rmac
     flip: bool = False  # also embed each image's mirror image and add the two vectors (2x the work)
     batch_size: int = 32  # the largest batch (see features.even_batch)
     winograd: bool = True  # Winograd 3x3 convolutions + XLA where they pay: same features, faster

@@ -141,7 +141,7 @@ class Extractor:
         self.model = spec.build(weights_path)
         self.winograd_layers = accelerate(self.model) if winograd else 0
         self.folded_layers = fold_batchnorm(self.model) if fold else 0  # after Winograd: it wraps the conv op
-        net = {"avg": lambda m: m, "gem": gem_pooled, "rmac": rmac_pooled}[pooling](self.model)
+        net = pooled(self.model, pooling)
         self._forward = tf.function(lambda x: net(x, training=False), reduce_retracing=True,
                                     jit_compile=self.winograd_layers > 0)
 
@@ -173,6 +173,13 @@ class Extractor:
 
 
 GEM_P = 3.0  # Radenovic et al. 2018: p = 3 is their fixed, untrained choice
+
+
+def pooled(model: "keras.Model", pooling: str) -> "keras.Model":  # noqa: F821
+    """`model` (ending in global average pooling) with the given pooling: avg | gem | rmac."""
+    if pooling == "avg":
+        return model
+    return {"gem": gem_pooled, "rmac": rmac_pooled}[pooling](model)
 
 
 def gem_pooled(model: "keras.Model") -> "keras.Model":  # noqa: F821
