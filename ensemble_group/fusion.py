@@ -9,13 +9,14 @@ of the folder being grouped (up to 20,000 pairs, fixed seed) give a median and a
 becomes (d - median) / (1.4826 * MAD), a robust z-score. 0 is a typical unrelated pair, -3 is three
 (robust) standard deviations closer than that. In any realistic folder almost all random pairs
 show different products, so the median and MAD describe "unrelated" and do not depend on how many
-products the folder has (a rank-based, quantile normalisation would: its cutoff would have to shrink
-as the folder grows). It is invariant to any affine change of a model's distances, which a test shows.
+products the folder has. It is invariant to any affine change of a model's distances, which a test shows.
 "quantile" is the rank-based alternative: a distance becomes the normal score of its rank among
 the same random pairs (a monotone, piecewise-linear map; beyond the 1% and 99% quantiles it goes on
 with the slope of the outer 15%), so a model whose distances are skewed is straightened out, and 0
-and -2 keep the meaning they have under "robust-z" for a normal spread. Measured as an option
-(benchmarks/README.md): it gains on grocery-packages, loses on grocery-810.
+and -2 keep the meaning they have under "robust-z" for a normal spread. But the share of a folder's
+pairs that show one product grows as its products get fewer, and ranks follow it: in the 20-photo
+sample -2 leaves most photos alone. Measured as an option (benchmarks/README.md): it gains on
+grocery-packages and grocery-all, loses on grocery-810 and where products have 3-4 photos.
 "none" keeps raw angular distances (the `seed` baseline uses it, like the original).
 
 For each image the candidates are the union of every model's top-k from its Annoy index; each
@@ -32,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtr
 
 from ensemble_group.config import NORMALISATIONS
 from ensemble_group.index import ModelIndex, angular_distance
@@ -97,7 +99,7 @@ def _quantile_knots(d: np.ndarray, scale: float) -> tuple[tuple[float, float], .
     """(distance, normal score) knots: the reference's quantiles, and the ends of the distance range
     (0 and 2) reached by carrying each tail on with the slope of its outer knots."""
     z = _QUANTILE_SCORES
-    x = np.quantile(d, norm_cdf(z))
+    x = np.quantile(d, ndtr(z))  # ndtr: the standard normal CDF
     x = np.maximum.accumulate(x) + np.arange(len(x)) * 1e-9 * scale  # strictly increasing, even with ties
     low = max((x[_TAIL] - x[0]) / (z[_TAIL] - z[0]), 1e-9)
     high = max((x[-1] - x[-1 - _TAIL]) / (z[-1] - z[-1 - _TAIL]), 1e-9)
@@ -107,13 +109,6 @@ def _quantile_knots(d: np.ndarray, scale: float) -> tuple[tuple[float, float], .
     if x[-1] < 2.0:
         knots.append((2.0, float(z[-1] + (2.0 - x[-1]) / high)))
     return tuple(knots)
-
-
-def norm_cdf(z: np.ndarray) -> np.ndarray:
-    """Standard normal CDF."""
-    from scipy.special import ndtr
-
-    return ndtr(z)
 
 
 def reference_distances(vectors: np.ndarray, *, seed: int = 42, max_pairs: int = MAX_REFERENCE_PAIRS) -> np.ndarray:
