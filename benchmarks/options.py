@@ -1,9 +1,9 @@
 """The cost of each descriptor option: framing (squash | pad), pooling (avg | gem | rmac), flip on or off.
 
 Framing is timed per photo on decoded photos (`images.frame` to the members' input size). Each
-member's inference is timed with the engine's path (`Extractor.embed_framed`) for the default
-(avg, no flip), `pooling = "gem"`, `pooling = "rmac"` and `flip = true`, taking turns in one process (`--rounds`
-times, best kept), so a noisy machine slows them alike. The accuracy of each option is in the
+member's inference is timed with the engine's path (`Extractor.embed_framed`) for average pooling
+without flip (the reference), `pooling = "gem"`, `pooling = "rmac"` and `flip = true`, taking turns
+in one process (`--rounds` times, best kept), so a noisy machine slows them alike. The accuracy of each option is in the
 `compare --descriptors` rows (`accuracy.py --descriptors`).
 
     python benchmarks/options.py                                  # offline trio, 64 grocery photos
