@@ -119,8 +119,8 @@ class Extractor:
     which fuses the tile transforms; members with no such layer run as they are (XLA slows the
     depthwise members down). With `fold`, batch normalisations are folded into their convolutions
     (`fold.fold_batchnorm`). Both give the same features as the model as built, up to float rounding.
-    `pooling` "gem" swaps the global average for a generalized mean (`gem_pooled`), "rmac" for
-    regional maxima (`rmac_pooled`); `flip` adds the
+    `pooling` "gem" swaps the global average for a generalized mean (`gem`), "rmac" for regional
+    maxima (`rmac`; both by `pooled`); `flip` adds the
     mirror image's pooled vector to each image's (twice the work).
     """
 
@@ -176,28 +176,29 @@ GEM_P = 3.0  # Radenovic et al. 2018: p = 3 is their fixed, untrained choice
 
 
 def pooled(model: "keras.Model", pooling: str) -> "keras.Model":  # noqa: F821
-    """`model` (ending in global average pooling) with the given pooling: avg | gem | rmac."""
-    if pooling == "avg":
-        return model
-    return {"gem": gem_pooled, "rmac": rmac_pooled}[pooling](model)
+    """The same net with `pooling` (avg | gem | rmac) of its last map in place of its global average.
 
-
-def gem_pooled(model: "keras.Model") -> "keras.Model":  # noqa: F821
-    """The same net with generalized-mean pooling, (mean x^p)^(1/p), in place of its global average.
-
-    GeM weighs each channel's strongest activations more than average pooling does, so a product's
-    distinctive print or logo counts for more than the background; every member's last map is
-    post-ReLU (x >= 0), as GeM needs. Shares the layers (and any acceleration) of `model`.
+    Shares the layers (and any acceleration) of `model`; "avg" returns `model` itself.
     """
     import keras
 
+    if pooling == "avg":
+        return model
     if not isinstance(model.layers[-1], keras.layers.GlobalAveragePooling2D):
-        raise ValueError(f"{model.name}: GeM pooling needs a net ending in global average pooling")
+        raise ValueError(f"{model.name}: {pooling} pooling needs a net ending in global average pooling")
     fmap = model.layers[-2].output
-    pooled = keras.layers.Lambda(
-        lambda x: keras.ops.power(keras.ops.mean(keras.ops.power(keras.ops.maximum(x, 1e-6), GEM_P), axis=(1, 2)),
-                                  1.0 / GEM_P), name="gem")(fmap)
-    return keras.Model(model.input, pooled, name=f"{model.name}_gem")
+    head = gem if pooling == "gem" else rmac(int(fmap.shape[1]), int(fmap.shape[2]))
+    return keras.Model(model.input, keras.layers.Lambda(head, name=pooling)(fmap), name=f"{model.name}_{pooling}")
+
+
+def gem(x):
+    """Generalized-mean pooling of (n, h, w, c) maps, (mean x^p)^(1/p): it weighs each channel's
+    strongest activations more than average pooling does, so a product's distinctive print or logo
+    counts for more than the background. Every member's last map is post-ReLU (x >= 0), as GeM needs."""
+    import keras
+
+    return keras.ops.power(keras.ops.mean(keras.ops.power(keras.ops.maximum(x, 1e-6), GEM_P), axis=(1, 2)),
+                           1.0 / GEM_P)
 
 
 RMAC_LEVELS = 3  # Tolias et al. 2016: regions at 3 scales
@@ -226,20 +227,13 @@ def rmac_regions(h: int, w: int, levels: int = RMAC_LEVELS, overlap: float = 0.4
     return out
 
 
-def rmac_pooled(model: "keras.Model") -> "keras.Model":  # noqa: F821
-    """The same net with R-MAC pooling (Tolias et al., ICLR 2016) in place of its global average.
-
-    Each region of `rmac_regions` is max-pooled and l2-normalised, and the regions are summed: a
-    product that fills only part of the photo (a close-up's detail, a packet on a shelf) still has
-    regions of its own, where the global average mixes it with the background. Shares the layers
-    (and any acceleration) of `model`.
-    """
+def rmac(h: int, w: int):
+    """R-MAC pooling (Tolias et al., ICLR 2016) of (n, h, w, c) maps: each region of `rmac_regions`
+    max-pooled and l2-normalised, the regions summed. A product that fills only part of the photo (a
+    close-up's detail, a packet on a shelf) still has regions of its own, where the global average
+    mixes it with the background."""
     import keras
 
-    if not isinstance(model.layers[-1], keras.layers.GlobalAveragePooling2D):
-        raise ValueError(f"{model.name}: R-MAC pooling needs a net ending in global average pooling")
-    fmap = model.layers[-2].output
-    h, w = int(fmap.shape[1]), int(fmap.shape[2])
     boxes = [(0, 0, h, w) if s == 0 else (t, left, s, s) for t, left, s in rmac_regions(h, w)]
 
     def pool(x):
@@ -249,7 +243,7 @@ def rmac_pooled(model: "keras.Model") -> "keras.Model":  # noqa: F821
             total = total + v / keras.ops.maximum(keras.ops.norm(v, axis=-1, keepdims=True), 1e-30)  # 0 stays 0
         return total
 
-    return keras.Model(model.input, keras.layers.Lambda(pool, name="rmac")(fmap), name=f"{model.name}_rmac")
+    return pool
 
 
 def frame_batch(images: Sequence[np.ndarray], size: int, framing: str) -> np.ndarray:

@@ -239,20 +239,18 @@ def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, sp
     vectors, products, rels, info = labelled_features(Path(folder), Path(labels_csv), run_config, reporter, cache_file)
     _, true = np.unique(products, return_inverse=True)
     arms = default_arms(config, original) + (descriptor_arms(config) if descriptors else [])
-    needs: dict[tuple, set[str]] = {}
-    for arm in arms:
-        needs.setdefault(extraction_change(arm, config), set()).update(arm.sources)
+    changes = [extraction_change(arm, config) for arm in arms]
     extractions = {(): vectors}
-    for change, sources in needs.items():
-        if change:
-            models = tuple(m for m in run_config.models if m in sources)
-            other, _, other_rels, _ = labelled_features(Path(folder), Path(labels_csv),
-                                                        config.replace(models=models, **dict(change)), reporter,
-                                                        cache_file, hashes=False)
-            if list(other_rels) != list(rels):  # a file that one setting read and another could not
-                raise ValueError(f"{dict(change)}: the extraction kept other images than the config's")
-            extractions[change] = other
-    arms = [(arm, extractions[extraction_change(arm, config)]) for arm in arms]
+    for change in dict.fromkeys(c for c in changes if c):  # each other extraction once, for the models it serves
+        sources = {m for arm, c in zip(arms, changes) if c == change for m in arm.sources}
+        models = tuple(m for m in run_config.models if m in sources)
+        other, _, other_rels, _ = labelled_features(Path(folder), Path(labels_csv),
+                                                    config.replace(models=models, **dict(change)), reporter,
+                                                    cache_file, hashes=False)
+        if list(other_rels) != list(rels):  # a file that one setting read and another could not
+            raise ValueError(f"{dict(change)}: the extraction kept other images than the config's")
+        extractions[change] = other
+    arms = [(arm, extractions[c]) for arm, c in zip(arms, changes)]
     seeds = list(range(seed, seed + splits))
     with reporter.task("arms", len(arms) * splits) as advance:
         per_split, sizes = split_runs(arms, true, seeds, config, advance)
