@@ -294,8 +294,10 @@ def compare(
     labels: LabelsOpt,
     config: ConfigOpt = None, models: ModelsOpt = None, weights: WeightsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the product split (tune half / test half).")] = 0,
-    splits: Annotated[int, typer.Option(min=1, help="Product splits to average over (seeds SEED, SEED+1, ...): "
-                                        "steadier figures, each split costs one more pass over the arms.")] = 1,
+    splits: Annotated[Optional[int], typer.Option(
+        min=1, help="Product splits to average over (seeds SEED, SEED+1, ...): steadier figures, each split "
+                    "costs one more pass over the arms. Default: enough to hold out about 1,000 photos in all "
+                    "(1 for 2,000+ photos, 10 for a catalogue of 200 or fewer).", show_default=False)] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write compare.md and compare.json here.")] = None,
     descriptors: Annotated[bool, typer.Option(
         "--descriptors", help="Also the rows of the descriptor options (the other poolings, other framing, flip): "
@@ -306,9 +308,9 @@ def compare(
     """A/B table: every single member, the ensemble and the baselines on the same images.
 
     Each arm's cutoff is tuned on half of the products and every figure is reported on the other half
-    (split by product with --seed, never by image). One split of a few dozen products is noisy:
-    --splits 5 averages five. Features are computed once per model (and once more per descriptor
-    option with --descriptors). Each "ensemble + X", "ensemble, X" or "ensemble, no X" row changes
+    (split by product with --seed, never by image). One split of a few dozen products is noisy, so
+    smaller folders get several splits by default (--splits sets how many). Features are computed
+    once per model (and once more per descriptor option with --descriptors). Each "ensemble + X", "ensemble, X" or "ensemble, no X" row changes
     one setting of the config: the table says what each option is worth on your photos.
 
     Example: [bold]ensemble-group compare samples/flipkart --labels samples/flipkart/labels.csv[/]

@@ -38,6 +38,7 @@ class Config:
     power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
     whiten_dim: int = 256  # PCA-whitening learned on the folder, this many components; 0 = off
     whiten_shrink: float = 1.0  # eigenvalue shrinkage towards their mean
+    whiten_min: int = 10  # folders with fewer images are not whitened (postprocess.MIN_WHITEN_IMAGES)
     dba_k: int = 0  # database-side augmentation with this many neighbours; 0 = off
     dba_alpha: float = 3.0
     n_trees: int = 20
@@ -78,7 +79,7 @@ class Config:
             raise ConfigError(f"power must be in (0, 1], got {self.power}")
         for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1), ("whiten_dim", 0), ("dba_k", 0),
                          ("local_k", 0), ("rerank_k", 0), ("rerank_weight", 0), ("whiten_shrink", 0),
-                         ("dba_alpha", 0), ("alone_margin", 0)):
+                         ("whiten_min", 2), ("dba_alpha", 0), ("alone_margin", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be >= {low}, got {getattr(self, key)}")
         if self.search_k < -1 or self.search_k == 0:
@@ -107,7 +108,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "extraction": {"framing": "framing", "pooling": "pooling", "flip": "flip", "batch_size": "batch_size",
                    "winograd": "winograd"},
     "features": {"power": "power", "whiten_dim": "whiten_dim", "whiten_shrink": "whiten_shrink",
-                 "dba_k": "dba_k", "dba_alpha": "dba_alpha"},
+                 "whiten_min": "whiten_min", "dba_k": "dba_k", "dba_alpha": "dba_alpha"},
     "index": {"n_trees": "n_trees", "search_k": "search_k", "seed": "seed"},
     "fusion": {"k": "k", "normalisation": "normalisation", "local_k": "local_k", "rerank_k": "rerank_k",
                "rerank_weight": "rerank_weight"},

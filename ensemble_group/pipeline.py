@@ -150,7 +150,8 @@ def prepare_vectors(vectors: dict[str, np.ndarray], config: Config) -> tuple[dic
     transforms, out = {}, {}
     for m, v in vectors.items():
         transforms[m], out[m] = prepare(v, power=config.power, whiten_dim=config.whiten_dim,
-                                        whiten_shrink=config.whiten_shrink, dba_k=config.dba_k,
+                                        whiten_shrink=config.whiten_shrink,
+                                        whiten_min=config.whiten_min, dba_k=config.dba_k,
                                         dba_alpha=config.dba_alpha, n_trees=config.n_trees, seed=config.seed)
     return transforms, out
 

@@ -7,8 +7,10 @@ instance-retrieval literature fixes much of that without labels:
 * power normalisation (signed square root, `power = 0.5`) damps bursty activations;
 * PCA-whitening learned on the folder (`whiten_dim` components) decorrelates the dimensions and
   gives rare directions their say; eigenvalues are shrunk towards their mean (`whiten_shrink`) so
-  tiny, noisy components are not blown up, and folders with fewer than MIN_WHITEN_IMAGES images skip
-  it (too few samples to estimate a covariance);
+  tiny, noisy components are not blown up. It needs `whiten_min` images (10 by default): on a
+  smaller folder its mean is mostly the products themselves. Small folders gain the most from it:
+  the folder's mean is what all its photos share (a white backdrop, the studio's light), and taking
+  it away leaves what tells the products apart (benchmarks/README.md, small folders);
 * database-side augmentation (`dba_k`, alpha-QE weighting): each vector is replaced by the weighted
   mean of itself and its dba_k nearest neighbours, pulling together the photos of one product.
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from ensemble_group.extractors import l2_normalise
 
-MIN_WHITEN_IMAGES = 50
+MIN_WHITEN_IMAGES = 10  # the first guess, 50, left folders of 10-49 photos far worse off (benchmarks/small.py)
 
 
 @dataclass
@@ -53,13 +55,14 @@ class Transform:
         return cls(float(arrays["power"]), arrays.get("mean"), arrays.get("projection"))
 
 
-def fit_transform(x: np.ndarray, *, power: float = 1.0, whiten_dim: int = 0,
-                  whiten_shrink: float = 1.0) -> tuple[Transform, np.ndarray]:
-    """Learn power + whitening on the folder's (n, d) unit vectors; return it and the transformed vectors."""
+def fit_transform(x: np.ndarray, *, power: float = 1.0, whiten_dim: int = 0, whiten_shrink: float = 1.0,
+                  whiten_min: int = MIN_WHITEN_IMAGES) -> tuple[Transform, np.ndarray]:
+    """Learn power + whitening (folders of at least `whiten_min` images) on the folder's (n, d) unit
+    vectors; return it and the transformed vectors, (n, min(whiten_dim, d, n - 1)) when whitened."""
     t = Transform(power)
     x = t(x)
     n, d = x.shape
-    if whiten_dim and n >= MIN_WHITEN_IMAGES:
+    if whiten_dim and n >= max(whiten_min, 2):
         mean = x.mean(axis=0)
         _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
         r = min(whiten_dim, d, n - 1)
@@ -83,11 +86,11 @@ def augment(x: np.ndarray, neighbours: np.ndarray, alpha: float = 3.0, chunk: in
 
 
 def prepare(x: np.ndarray, *, power: float = 1.0, whiten_dim: int = 0, whiten_shrink: float = 1.0,
-            dba_k: int = 0, dba_alpha: float = 3.0, n_trees: int = 20, seed: int = 42) -> tuple[Transform, np.ndarray]:
+            whiten_min: int = MIN_WHITEN_IMAGES, dba_k: int = 0, dba_alpha: float = 3.0, n_trees: int = 20, seed: int = 42) -> tuple[Transform, np.ndarray]:
     """All configured steps for one model's (n, d) vectors: (query-time transform, database vectors)."""
     from ensemble_group.index import ModelIndex
 
-    t, x = fit_transform(x, power=power, whiten_dim=whiten_dim, whiten_shrink=whiten_shrink)
+    t, x = fit_transform(x, power=power, whiten_dim=whiten_dim, whiten_shrink=whiten_shrink, whiten_min=whiten_min)
     if dba_k and len(x) > 1:
         index = ModelIndex(x.shape[1], n_trees=n_trees, seed=seed).build(x)
         k = min(dba_k, len(x) - 1)

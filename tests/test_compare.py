@@ -23,6 +23,12 @@ def test_split_is_by_product_and_seeded():
     assert (split_products(products, seed=3)[0] == tune).all()
 
 
+def test_splits_by_default_hold_out_about_a_thousand_photos():
+    from ensemble_group.evaluation.compare import auto_splits
+
+    assert [auto_splits(n) for n in (20, 200, 201, 810, 2000, 5502)] == [10, 10, 10, 3, 1, 1]
+
+
 def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
     cache = tmp_path / "emb.sqlite"
     result = runner.invoke(app, ["compare", str(SAMPLE), "--labels", str(SAMPLE / "labels.csv"),
@@ -41,8 +47,10 @@ def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
             "ensemble, quantile normalisation (rank-based)"} <= set(arms)
     split = doc["split"]
     assert split["by"] == "product" and split["tune_products"] + split["test_products"] == 6
+    assert split["seeds"] == list(range(10))  # 20 photos: ten splits by default, one would be a coin toss
     for row in doc["rows"]:
-        assert row["n_images"] == split["test_images"]  # every arm scored on the held-out products only
+        assert row["n_images"] == doc["rows"][0]["n_images"]  # every arm scored on the held-out products only
+        assert abs(row["n_images"] - split["test_images"]) <= 0.5  # a mean over splits; the header rounds it
         assert 0 <= row["pairwise_f1"] <= 1 and 0 <= row["recall_at_1"] <= 1
     assert "| arm |" in (tmp_path / "cmp" / "compare.md").read_text()
 
@@ -63,7 +71,7 @@ def test_several_splits_average_the_single_split_tables(tmp_path, weights_cache)
     config = load_config(ROOT / "configs" / "offline.toml")
     cache = tmp_path / "emb.sqlite"
     three = compare(SAMPLE, SAMPLE / "labels.csv", config, seed=0, splits=3, cache_file=cache)
-    second = compare(SAMPLE, SAMPLE / "labels.csv", config, seed=1, cache_file=cache)
+    second = compare(SAMPLE, SAMPLE / "labels.csv", config, seed=1, splits=1, cache_file=cache)
     assert three["split"]["seeds"] == [0, 1, 2] and "mean over 3 splits" in describe_split(three["split"])
     assert "seed 1." in describe_split(second["split"])
     for row, alone in zip(three["rows"], second["rows"]):

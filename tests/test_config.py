@@ -38,6 +38,7 @@ def test_unknown_key_names_the_valid_ones(tmp_path):
     ({"local_k": -1}, "local_k must be >= 0"),
     ({"rerank_k": -1}, "rerank_k must be >= 0"),
     ({"rerank_weight": -0.5}, "rerank_weight must be >= 0"),
+    ({"whiten_min": 1}, "whiten_min must be >= 2"),
 ])
 def test_bad_values(change, message):
     with pytest.raises(ConfigError, match=message):
