@@ -310,8 +310,9 @@ def compare(
     Each arm's cutoff is tuned on half of the products and every figure is reported on the other half
     (split by product with --seed, never by image). One split of a few dozen products is noisy, so
     smaller folders get several splits by default (--splits sets how many). Features are computed
-    once per model (and once more per descriptor option with --descriptors). Each "ensemble + X", "ensemble, X" or "ensemble, no X" row changes
-    one setting of the config: the table says what each option is worth on your photos.
+    once per model (and once more per descriptor option with --descriptors). Each "ensemble + X",
+    "ensemble, X" or "ensemble, no X" row changes one setting of the config: the table says what
+    each option is worth on your photos.
 
     Example: [bold]ensemble-group compare samples/flipkart --labels samples/flipkart/labels.csv[/]
     """
