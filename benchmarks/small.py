@@ -50,8 +50,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from ensemble_group.config import load_config
-    from ensemble_group.evaluation.compare import (Arm, Subset, default_arms, extraction_change, labelled_features,
-                                                   neighbours_for, original_model, split_runs)
+    from ensemble_group.evaluation.compare import (Arm, Subset, arm_vectors, default_arms, neighbours_for,
+                                                   original_model, split_runs)
     from ensemble_group.evaluation.metrics import pairwise_prf
     from ensemble_group.grouping import group_as
     from ensemble_group.pipeline import Reporter
@@ -68,12 +68,7 @@ def main() -> None:
               "machine": {"cores": os.cpu_count(), "cpu": cpu()}}
     for name in args.sets:
         folder, labels = sets(args.grocery)[name]
-        extractions = {}
-        for change in dict.fromkeys(extraction_change(a, config) for a in arms):
-            models = tuple(dict.fromkeys(m for a in arms if extraction_change(a, config) == change
-                                         for m in a.sources))
-            extractions[change], products, _, _ = labelled_features(
-                folder, labels, config.replace(models=models, **dict(change)), Reporter(), hashes=False)
+        with_vectors, products, _, _ = arm_vectors(folder, labels, config, arms, Reporter(), hashes=False)
         _, true = np.unique(products, return_inverse=True)
         for p in args.products:
             f1 = {a.name: [] for a in arms}
@@ -82,8 +77,7 @@ def main() -> None:
             for d in range(args.draws):
                 idx = draw(true, p, tuple(args.photos), 1000 + d)
                 sizes.append(len(idx))
-                picked = [(a, {m: v[idx] for m, v in extractions[extraction_change(a, config)].items()})
-                          for a in arms]
+                picked = [(a, {m: v[idx] for m, v in vecs.items()}) for a, vecs in with_vectors]
                 per_split, _ = split_runs(picked, true[idx], [d], config)
                 for row in per_split[0]:
                     f1[row["arm"]].append(row["pairwise_f1"])

@@ -86,7 +86,8 @@ def augment(x: np.ndarray, neighbours: np.ndarray, alpha: float = 3.0, chunk: in
 
 
 def prepare(x: np.ndarray, *, power: float = 1.0, whiten_dim: int = 0, whiten_shrink: float = 1.0,
-            whiten_min: int = MIN_WHITEN_IMAGES, dba_k: int = 0, dba_alpha: float = 3.0, n_trees: int = 20, seed: int = 42) -> tuple[Transform, np.ndarray]:
+            whiten_min: int = MIN_WHITEN_IMAGES, dba_k: int = 0, dba_alpha: float = 3.0, n_trees: int = 20,
+            seed: int = 42) -> tuple[Transform, np.ndarray]:
     """All configured steps for one model's (n, d) vectors: (query-time transform, database vectors)."""
     from ensemble_group.index import ModelIndex
 

@@ -247,22 +247,9 @@ def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, sp
         raise ValueError(f"splits must be >= 1, got {splits}")
     reporter = reporter or Reporter()
     original = original_model(config)
-    run_config = config if original in config.models else config.replace(models=(*config.models, original))
-    vectors, products, rels, info = labelled_features(Path(folder), Path(labels_csv), run_config, reporter, cache_file)
-    _, true = np.unique(products, return_inverse=True)
     arms = default_arms(config, original) + (descriptor_arms(config) if descriptors else [])
-    changes = [extraction_change(arm, config) for arm in arms]
-    extractions = {(): vectors}
-    for change in dict.fromkeys(c for c in changes if c):  # each other extraction once, for the models it serves
-        sources = {m for arm, c in zip(arms, changes) if c == change for m in arm.sources}
-        models = tuple(m for m in run_config.models if m in sources)
-        other, _, other_rels, _ = labelled_features(Path(folder), Path(labels_csv),
-                                                    config.replace(models=models, **dict(change)), reporter,
-                                                    cache_file, hashes=False)
-        if list(other_rels) != list(rels):  # a file that one setting read and another could not
-            raise ValueError(f"{dict(change)}: the extraction kept other images than the config's")
-        extractions[change] = other
-    arms = [(arm, extractions[c]) for arm, c in zip(arms, changes)]
+    arms, products, _, info = arm_vectors(folder, labels_csv, config, arms, reporter, cache_file)
+    _, true = np.unique(products, return_inverse=True)
     seeds = list(range(seed, seed + (splits or auto_splits(len(true)))))
     with reporter.task("arms", len(arms) * len(seeds)) as advance:
         per_split, sizes = split_runs(arms, true, seeds, config, advance)
@@ -272,6 +259,33 @@ def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, sp
                       "test_products": int(round(mean[1])), "tune_images": int(round(mean[2])),
                       "test_images": int(round(mean[3]))},
             "config": config.to_dict(), "info": info, "rows": mean_rows(per_split)}
+
+
+def arm_vectors(folder: Path, labels_csv: Path, config: Config, arms: list[Arm], reporter, cache_file="default", *,
+                hashes: bool = True) -> tuple[list[tuple[Arm, dict[str, np.ndarray]]], np.ndarray, list[str], dict]:
+    """Each arm with the vectors it reads: ([(arm, vectors per source)], products, rel paths, info).
+
+    The config's extraction covers the models of every arm that reads it (and the perceptual hashes,
+    with `hashes`); an arm whose extraction settings differ (`extraction_change`) reads the folder
+    extracted with its settings, each such extraction run once, only for the models it serves.
+    """
+    changes = [extraction_change(arm, config) for arm in arms]
+
+    def served(change) -> set[str]:  # the models read through this extraction
+        return {m for arm, c in zip(arms, changes) if c == change for m in arm.sources if m not in HASH_METHODS}
+
+    models = tuple(dict.fromkeys([*config.models, *sorted(served(()))]))
+    vectors, products, rels, info = labelled_features(Path(folder), Path(labels_csv), config.replace(models=models),
+                                                      reporter, cache_file, hashes=hashes)
+    extractions = {(): vectors}
+    for change in dict.fromkeys(c for c in changes if c):
+        other, _, other_rels, _ = labelled_features(Path(folder), Path(labels_csv),
+                                                    config.replace(models=tuple(sorted(served(change))), **dict(change)),
+                                                    reporter, cache_file, hashes=False)
+        if list(other_rels) != list(rels):  # a file that one setting read and another could not
+            raise ValueError(f"{dict(change)}: the extraction kept other images than the config's")
+        extractions[change] = other
+    return [(arm, extractions[c]) for arm, c in zip(arms, changes)], products, rels, info
 
 
 def split_runs(arms: list[tuple[Arm, dict[str, np.ndarray]]], true: np.ndarray, seeds: list[int], config: Config,
