@@ -39,26 +39,22 @@ def main() -> None:
     args = parser.parse_args()
 
     from ensemble_group.config import load_config
-    from ensemble_group.evaluation.compare import Arm, labelled_features, mean_rows, split_runs
+    from ensemble_group.evaluation.compare import Arm, arm_vectors, mean_rows, split_runs
     from ensemble_group.pipeline import Reporter
 
     config = load_config(args.config).replace(pooling="avg")  # the previous default, what the options change
+    arms = [Arm(ROWS[0], config.models), Arm(ROWS[1], config.models, (("pooling", "rmac"),)),
+            Arm(ROWS[2], config.models, (("normalisation", "quantile"),)),
+            Arm(ROWS[3], config.models, (("pooling", "rmac"), ("normalisation", "quantile")))]
     report = {"config": Path(args.config).name, "splits": args.splits, "sets": {},
               "machine": {"cores": os.cpu_count(), "cpu": cpu()}}
     for name in args.sets:
         folder, labels = sets(args.grocery)[name]
-        plain, products, _, _ = labelled_features(folder, labels, config, Reporter(), hashes=False)
-        rmac, rmac_products, _, _ = labelled_features(folder, labels, config.replace(pooling="rmac"), Reporter(),
-                                                      hashes=False)
-        assert (rmac_products == products).all()
-        arms = [(Arm(ROWS[0], config.models), plain),
-                (Arm(ROWS[1], config.models, (("pooling", "rmac"),)), rmac),
-                (Arm(ROWS[2], config.models, (("normalisation", "quantile"),)), plain),
-                (Arm(ROWS[3], config.models, (("pooling", "rmac"), ("normalisation", "quantile"))), rmac)]
+        with_vectors, products, _, _ = arm_vectors(folder, labels, config, arms, Reporter(), hashes=False)
         for per in [0, *args.per_product]:
             label = name if not per else f"{name}, {per} per product"
-            cut = [(arm, few_photos(vecs, products, per)[0] if per else vecs) for arm, vecs in arms]
-            true = few_photos(plain, products, per)[1] if per else products
+            cut = [(arm, few_photos(vecs, products, per)[0] if per else vecs) for arm, vecs in with_vectors]
+            true = few_photos(with_vectors[0][1], products, per)[1] if per else products
             per_split, _ = split_runs(cut, true, list(range(args.splits)), config)
             rows = {r["arm"]: {k: r[k] for k in ("cutoff", "n_pred_groups", "pairwise_f1", "bcubed_f1",
                                                   "pairwise_f1_per_split") if k in r} for r in mean_rows(per_split)}

@@ -62,7 +62,7 @@ def main() -> None:
               f"original: {original}, seed rule, tuned cutoff"}
     arms = [a for a in default_arms(config, original) if a.name in wanted]
     arms.append(Arm(BEFORE, config.models, (("whiten_min", 50),)))
-    whole = [arms[0], arms[-1]]  # grouped whole at the config's cutoff
+    whole = {arms[0].name, BEFORE}  # also grouped whole at the config's cutoff
     report = {"config": Path(args.config).name, "photos_per_product": args.photos, "draws": args.draws,
               "draw_seeds": f"1000-{999 + args.draws}", "sets": {},
               "machine": {"cores": os.cpu_count(), "cpu": cpu()}}
@@ -72,7 +72,7 @@ def main() -> None:
         _, true = np.unique(products, return_inverse=True)
         for p in args.products:
             f1 = {a.name: [] for a in arms}
-            at_cutoff = {a.name: [] for a in whole}
+            at_cutoff = {arm_name: [] for arm_name in whole}
             sizes = []
             for d in range(args.draws):
                 idx = draw(true, p, tuple(args.photos), 1000 + d)
@@ -81,7 +81,7 @@ def main() -> None:
                 per_split, _ = split_runs(picked, true[idx], [d], config)
                 for row in per_split[0]:
                     f1[row["arm"]].append(row["pairwise_f1"])
-                for a, vecs in picked[:1] + picked[-1:]:
+                for a, vecs in (pair for pair in picked if pair[0].name in whole):
                     fusion, neigh, cfg = neighbours_for(Subset(vecs, true[idx]), a, config)
                     at_cutoff[a.name].append(pairwise_prf(true[idx], group_as(cfg, neigh, fusion))["pairwise_f1"])
             label = f"{name}, {p} products"

@@ -38,7 +38,7 @@ class Config:
     power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
     whiten_dim: int = 256  # PCA-whitening learned on the folder, this many components; 0 = off
     whiten_shrink: float = 1.0  # eigenvalue shrinkage towards their mean
-    whiten_min: int = 10  # folders with fewer images are not whitened (postprocess.MIN_WHITEN_IMAGES)
+    whiten_min: int = 10  # folders with fewer images are not whitened (measured: benchmarks/small.py)
     dba_k: int = 0  # database-side augmentation with this many neighbours; 0 = off
     dba_alpha: float = 3.0
     n_trees: int = 20

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ensemble_group.config import Config
 from ensemble_group.extractors import l2_normalise
 
-MIN_WHITEN_IMAGES = 10  # the first guess, 50, left folders of 10-49 photos far worse off (benchmarks/small.py)
+MIN_WHITEN_IMAGES = Config.whiten_min  # 10; the first guess, 50, left folders of 10-49 photos far worse off
 
 
 @dataclass
