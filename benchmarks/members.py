@@ -1,7 +1,7 @@
 """Per-member inference speed: the engine's path, the model as built, and `model.predict`.
 
-  * engine: Winograd where it pays (+ XLA) and batch normalisation folded into the convolutions;
-  * direct: the same fixed-shape graph with neither (the Keras model as built);
+  * engine: Winograd where it pays (+ XLA), else TensorFlow Lite (XNNPACK), as `group` runs it;
+  * direct: the same fixed-shape graph in TensorFlow with none of that (the Keras model as built);
   * predict: `model.predict(batch_size=32)`.
 
 In one process, on the same decoded and framed photos, the three paths take turns (`--rounds`
@@ -38,7 +38,7 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> d
     path = resolve(name, allow_random=random_weights).path  # None: random weights (and only if asked)
     framed = frame_batch([load(f) for f in files], spec.input_size, "squash")
     fast = Extractor(spec, path)
-    direct = Extractor(spec, path, winograd=False, fold=False)
+    direct = Extractor(spec, path, winograd=False, fold=False, lite=False)
     direct.model.set_weights(fast.model.get_weights())  # random weights too: all three paths share them
     model = twin(spec, path, fast)
     paths = {"engine": lambda x: fast.embed_framed(x), "direct": lambda x: direct.embed_framed(x),
@@ -48,7 +48,7 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> d
     best = best_of(rounds, {p: (lambda f=f: f(framed)) for p, f in paths.items()})
     n = len(files)
     return {"model": name, "weights": "random" if path is None else "real", "n_images": n,
-            "winograd_layers": fast.winograd_layers, "folded_layers": fast.folded_layers,
+            "runtime": fast.runtime, "winograd_layers": fast.winograd_layers, "folded_layers": fast.folded_layers,
             **{f"{p}_img_per_s": round(n / s, 2) for p, s in best.items()},
             "engine_vs_direct": round(best["direct"] / best["engine"], 2),
             "engine_vs_predict": round(best["predict"] / best["engine"], 2),

@@ -35,6 +35,7 @@ class Config:
     flip: bool = False  # also embed each image's mirror image and add the two vectors (2x the work)
     batch_size: int = 32  # the largest batch (see features.even_batch)
     winograd: bool = True  # Winograd 3x3 convolutions + XLA where they pay: same features, faster
+    lite: bool = True  # members XLA does not compile run through TensorFlow Lite (XNNPACK): same features, faster
     power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
     whiten_dim: int = 256  # PCA-whitening learned on the folder, this many components; 0 = off
     whiten_shrink: float = 1.0  # eigenvalue shrinkage towards their mean
@@ -68,7 +69,7 @@ class Config:
                 raise ConfigError(f"model_weights.{name} must be >= 0, got {w}")
         if self.model_weights and sum(self.model_weights.get(m, 1.0) for m in self.models) <= 0:
             raise ConfigError("model_weights: the models in use all have weight 0")
-        for key in ("winograd", "flip"):
+        for key in ("winograd", "lite", "flip"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
         _choice("framing", self.framing, FRAMINGS)
@@ -106,7 +107,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "models": {"members": "models", "weights": "model_weights", "weights_files": "weights_files",
                "allow_random_weights": "allow_random_weights"},
     "extraction": {"framing": "framing", "pooling": "pooling", "flip": "flip", "batch_size": "batch_size",
-                   "winograd": "winograd"},
+                   "winograd": "winograd", "lite": "lite"},
     "features": {"power": "power", "whiten_dim": "whiten_dim", "whiten_shrink": "whiten_shrink",
                  "whiten_min": "whiten_min", "dba_k": "dba_k", "dba_alpha": "dba_alpha"},
     "index": {"n_trees": "n_trees", "search_k": "search_k", "seed": "seed"},

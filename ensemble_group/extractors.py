@@ -121,19 +121,32 @@ class Extractor:
     (`fold.fold_batchnorm`). Both give the same features as the model as built, up to float rounding.
     `pooling` "gem" swaps the global average for a generalized mean (`gem`), "rmac" for regional
     maxima (`rmac`; both by `pooled`); `flip` adds the
-    mirror image's pooled vector to each image's (twice the work).
+    mirror image's pooled vector to each image's (twice the work). With `lite`, a member that XLA
+    does not compile runs through TensorFlow Lite (`lite`, same features, faster); its flatbuffer
+    is converted on the first batch and cached at `lite_file`, from which later extractors load it
+    without building the Keras model (`model` is then None). `runtime` says which path runs.
     """
 
     def __init__(self, spec: ModelSpec, weights_path: Path | None, *, batch_size: int = 32,
                  framing: str = "squash", winograd: bool = True, fold: bool = True, pooling: str = "avg",
-                 flip: bool = False) -> None:
+                 flip: bool = False, lite: bool = True, lite_file: Path | None = None) -> None:
         import tensorflow as tf
+
+        from ensemble_group import lite as tflite
 
         self.spec = spec
         self.batch_size = batch_size
         self.framing = framing
         self.pooling = pooling
         self.flip = flip
+        self.model, self.winograd_layers, self.folded_layers = None, 0, 0
+        lite = lite and tflite.available()
+        if lite and lite_file is not None and Path(lite_file).is_file():
+            try:
+                self._forward, self.runtime = tflite.LiteForward(path=lite_file), "tflite"
+                return
+            except (ValueError, RuntimeError, OSError):  # unreadable: convert it again below
+                pass
         if weights_path is None:
             import keras
 
@@ -142,8 +155,13 @@ class Extractor:
         self.winograd_layers = accelerate(self.model) if winograd else 0
         self.folded_layers = fold_batchnorm(self.model) if fold else 0  # after Winograd: it wraps the conv op
         net = pooled(self.model, pooling)
-        self._forward = tf.function(lambda x: net(x, training=False), reduce_retracing=True,
-                                    jit_compile=self.winograd_layers > 0)
+        forward = tf.function(lambda x: net(x, training=False), reduce_retracing=True,
+                              jit_compile=self.winograd_layers > 0)
+        if lite and not self.winograd_layers:
+            self._forward = tflite.LiteForward(lambda: tflite.convert(forward, spec.input_size), lite_file)
+            self.runtime = "tflite"
+        else:
+            self._forward, self.runtime = forward, "tensorflow" + ("+xla" if self.winograd_layers else "")
 
     def embed(self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Decoded (H, W, 3) uint8 RGB images -> (n, dim) float32, each row of unit length."""

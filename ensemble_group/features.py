@@ -109,17 +109,24 @@ class LazyExtractor:
     """An Extractor built on first use: loading a model costs seconds, and a cache hit needs none."""
 
     def __init__(self, name: str, weights_path: Path | None, *, batch_size: int, framing: str,
-                 winograd: bool = True, pooling: str = "avg", flip: bool = False) -> None:
+                 winograd: bool = True, pooling: str = "avg", flip: bool = False, lite: bool = True,
+                 weights_id: str | None = None) -> None:
         self.name, self.weights_path, self.batch_size, self.framing = name, weights_path, batch_size, framing
-        self.winograd, self.pooling, self.flip = winograd, pooling, flip
+        self.winograd, self.pooling, self.flip, self.lite, self.weights_id = winograd, pooling, flip, lite, weights_id
         self._extractor: Extractor | None = None
 
     @property
     def extractor(self) -> Extractor:
         if self._extractor is None:
+            lite_file = None
+            if self.lite and self.weights_id:  # unnamed weights (tests that set their own) are not cached
+                from ensemble_group.lite import cache_file
+                from ensemble_group.weights import cache_dir
+
+                lite_file = cache_file(cache_dir(), self.name, self.weights_id, self.pooling, self.winograd)
             self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
                                         framing=self.framing, winograd=self.winograd, pooling=self.pooling,
-                                        flip=self.flip)
+                                        flip=self.flip, lite=self.lite, lite_file=lite_file)
         return self._extractor
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:

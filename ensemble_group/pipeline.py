@@ -141,7 +141,8 @@ def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str
 def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
     """One extractor per member, each loaded on first use."""
     return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing,
-                             winograd=config.winograd, pooling=config.pooling, flip=config.flip)
+                             winograd=config.winograd, pooling=config.pooling, flip=config.flip,
+                             lite=config.lite, weights_id=weights[m].id)
             for m in config.models}
 
 

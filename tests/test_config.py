@@ -32,6 +32,7 @@ def test_unknown_key_names_the_valid_ones(tmp_path):
     ({"model_weights": {"vgg16-tv": -1.0}}, "must be >= 0"),
     ({"models": ("vgg16-tv", "vgg16-tv")}, "listed twice"),
     ({"winograd": "yes"}, "winograd must be true or false"),
+    ({"lite": "yes"}, "lite must be true or false"),
     ({"alone_margin": -1.0}, "alone_margin must be >= 0"),
     ({"pooling": "max"}, "pooling must be one of avg, gem, rmac"),
     ({"flip": 1}, "flip must be true or false"),
@@ -61,11 +62,12 @@ def test_missing_and_broken_files(tmp_path):
 
 def test_extraction_and_grouping_keys_are_read(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text("[extraction]\nwinograd = false\npooling = \"gem\"\n[fusion]\nlocal_k = 10\nrerank_k = 0\n"
+    p.write_text("[extraction]\nwinograd = false\nlite = false\npooling = \"gem\"\n[fusion]\nlocal_k = 10\nrerank_k = 0\n"
                  "[grouping]\nalone_margin = 1.5\n")
     c = load_config(p)
-    assert (c.winograd, c.pooling, c.local_k, c.rerank_k, c.alone_margin) == (False, "gem", 10, 0, 1.5)
+    assert (c.winograd, c.lite, c.pooling, c.local_k, c.rerank_k, c.alone_margin) == (False, False, "gem", 10, 0, 1.5)
     d = Config()
+    assert d.lite
     assert (d.winograd, d.pooling, d.local_k, d.rerank_k, d.rerank_weight, d.alone_margin) == (True, "rmac", 0, 20, 1.0, 1.0)
 
 

