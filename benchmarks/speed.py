@@ -11,6 +11,8 @@ them, and neither side inherits the other's warm TensorFlow); end to end and pla
   * raw_predict: `model.predict(batch_size=32)` on already decoded and framed arrays, models loaded.
   * min_cosine_vs_predict: the engine's vectors against `model.predict` on the same framed arrays
     (first 64 photos): the faster paths must give the same features.
+  * first_run: end to end once more, with the members' TensorFlow Lite models not yet converted
+    (what the very first `group` on a machine pays; every later one loads them).
 Ratios are taken inside one run, so they survive a noisy machine.
 
     python benchmarks/speed.py --config configs/offline.toml --images 200
@@ -136,20 +138,34 @@ def measure(kind: str, config_path: str, models: list[str], n: int, random_weigh
     return out
 
 
-def run(kind: str, args, models: list[str]) -> tuple[float, dict]:
+def run(kind: str, args, models: list[str], env: dict | None = None) -> tuple[float, dict]:
     """(wall seconds of a fresh process doing `kind`: interpreter, imports and model loading included, result)."""
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--config", args.config, "--images", str(args.images),
                           *(["--random-weights"] if args.random_weights else []), "--measure", kind,
-                          "--one", *models], capture_output=True, text=True)
+                          "--one", *models], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if out.returncode:
         sys.exit(out.stderr[-3000:])
     return wall, json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def first_run(args, models: list[str]) -> float:
+    """Wall seconds of an end-to-end run whose TensorFlow Lite models are not converted yet: the weights
+    cache as it is, but its `tflite/` folder left out (every later run finds them converted)."""
+    from ensemble_group.weights import cache_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if cache_dir().is_dir():
+            for entry in cache_dir().iterdir():
+                if entry.name != "tflite":
+                    (Path(tmp) / entry.name).symlink_to(entry)
+        return run("end_to_end", args, models, env={**os.environ, "ENSEMBLE_GROUP_CACHE": tmp})[0]
+
+
 def one_arm(args, models: list[str]) -> dict:
-    """End to end and plain in turns (`--rounds`, best of each kept), then raw predict; each its own process."""
+    """End to end and plain in turns (`--rounds`, best of each kept), then raw predict; each its own
+    process. Then one end-to-end run that converts its TensorFlow Lite models first."""
     e2e = p = float("inf")
     for _ in range(args.rounds):
         wall, out = run("end_to_end", args, models)
@@ -159,11 +175,13 @@ def one_arm(args, models: list[str]) -> dict:
         if wall < p:
             p, plain_out = wall, out
     _, raw = run("raw", args, models)
+    first = first_run(args, models)
     n = len(photos(args.images))
     return {"models": models, "n_images": n, "end_to_end_s": round(e2e, 2), "plain_s": round(p, 2),
             "raw_predict_s": raw["raw_predict_s"], "end_to_end_img_per_s": round(n / e2e, 2),
             "plain_img_per_s": round(n / p, 2), "raw_predict_img_per_s": round(n / raw["raw_predict_s"], 2),
-            "end_to_end_vs_plain": round(p / e2e, 2), "end_to_end_vs_raw_predict": round(raw["raw_predict_s"] / e2e, 2),
+            "end_to_end_vs_plain": round(p / e2e, 2), "first_run_s": round(first, 2),
+            "first_run_vs_plain": round(p / first, 2), "end_to_end_vs_raw_predict": round(raw["raw_predict_s"] / e2e, 2),
             "min_cosine_vs_predict_64_images": raw["min_cosine_vs_predict_64_images"],
             "stages_s": inside["stages_s"], "peak_rss_mb": inside["peak_rss_mb"],
             "plain_peak_rss_mb": plain_out["peak_rss_mb"]}
