@@ -122,7 +122,7 @@ class Extractor:
     `pooling` "gem" swaps the global average for a generalized mean (`gem`), "rmac" for regional
     maxima (`rmac`; both by `pooled`); `flip` adds the
     mirror image's pooled vector to each image's (twice the work). With `lite`, a member that XLA
-    does not compile runs through TensorFlow Lite (`lite`, same features, faster); its flatbuffer
+    does not compile runs through TensorFlow Lite (`ensemble_group.lite`: same features, faster); its flatbuffer
     is converted on the first batch and cached at `lite_file`, from which later extractors load it
     without building the Keras model (`model` is then None). `runtime` says which path runs.
     """
