@@ -58,6 +58,9 @@ def test_the_pipelines_extractors_cache_by_model_weights_and_pooling(tmp_path, m
     files = list((tmp_path / "tflite").iterdir())
     assert len(files) == 1 and files[0].name.startswith("mobilenet-v2-avg-")
     assert make("avg").extractor.model is None  # found
+    no_winograd = LazyExtractor("mobilenet-v2", None, batch_size=1, framing="squash", pooling="avg",
+                                weights_id="random:seed=0", winograd=False)  # as `query` loads it
+    assert no_winograd.extractor.model is None  # Winograd never touched this model: the same file serves
     assert make("gem").extractor.model is not None  # other pooling: another flatbuffer
     assert lite.cache_file(tmp_path, "mobilenet-v2", "a", "avg") != lite.cache_file(tmp_path, "mobilenet-v2", "b", "avg")
     unnamed = LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash")  # weights set by hand: no cache
