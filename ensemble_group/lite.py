@@ -4,7 +4,7 @@ TensorFlow's own CPU path runs depthwise convolutions (EfficientNet-Lite0, Mobil
 this CPU's speed, and its graph executor adds per-op overhead that a small net feels. The same pooled
 forward pass converted to a TFLite flatbuffer and run by TFLite's interpreter, whose default XNNPACK
 delegate has hand-written AVX2 kernels, gives the same float32 features (lowest cosine 1.00000) 1.2x
-to 3.6x faster (benchmarks/README.md). VGG16's Winograd + XLA path is faster still, so members
+to 3.5x faster (benchmarks/README.md). VGG16's Winograd + XLA path is faster still, so members
 compiled with XLA stay in TensorFlow.
 
 A converted flatbuffer is cached beside the converted weights (one file per model, weights, pooling
