@@ -31,6 +31,7 @@ class Features:
     skipped: list[Skipped] = field(default_factory=list)
     extracted: int = 0  # distinct images that went through the models (cache misses)
     cached: int = 0  # distinct images served entirely from the cache
+    runtimes: dict[str, str] = field(default_factory=dict)  # model -> what ran it (see Extractor.runtime)
 
 
 def settings_key(model: str, weights_id: str, framing: str, pooling: str = "avg", flip: bool = False) -> str:
@@ -102,7 +103,8 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
     vectors = {m: (np.stack([found[m][im.sha256] for im in kept]).astype(np.float32) if kept
                    else np.zeros((0, dims[m]), np.float32)) for m in extractors}
     return Features(kept, vectors, skipped, extracted=len(missing) - len(bad),
-                    cached=len(unique) - len(missing))
+                    cached=len(unique) - len(missing),
+                    runtimes={m: ex.runtime for m, ex in extractors.items() if ex.runtime})
 
 
 class LazyExtractor:
@@ -131,6 +133,11 @@ class LazyExtractor:
                                         framing=self.framing, winograd=self.winograd, pooling=self.pooling,
                                         flip=self.flip, lite=self.lite, lite_file=lite_file)
         return self._extractor
+
+    @property
+    def runtime(self) -> str | None:
+        """What runs the model ("tflite", "tensorflow+xla", "tensorflow"), or None if it was not needed."""
+        return self._extractor.runtime if self._extractor is not None else None
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         return self.extractor.embed(images)

@@ -69,6 +69,7 @@ class Run:
     labels: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     transforms: dict[str, Transform] = field(default_factory=dict)  # query-time part of the post-processing
+    runtimes: dict[str, str] = field(default_factory=dict)  # model -> what extracted with it (absent: all cached)
     _groups: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def groups(self) -> list[dict[str, Any]]:
@@ -229,7 +230,7 @@ def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Rep
     timings = {"features": round(t1 - t0, 3), "index": round(t2 - t1, 3), "group": round(t3 - t2, 3),
                "total": round(t3 - t0, 3), "extracted": feats.extracted, "from_cache": feats.cached}
     return Run(Path(folder), config, feats.images, feats.skipped, weights, vectors, fusion, indexes,
-               neighbours, labels, timings, transforms)
+               neighbours, labels, timings, transforms, feats.runtimes)
 
 
 def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
@@ -268,7 +269,8 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     atomic_write(out / GROUPS_CSV, groups_csv(doc["groups"]))
     atomic_write(out / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
                                           "weights": {m: {"path": str(w.path), "source": w.source}
-                                                      for m, w in run.weights.items()}}))
+                                                      for m, w in run.weights.items()},
+                                          "runtimes": run.runtimes}))
     atomic_write(out / GROUPS_JSON, to_json(doc))  # last: its presence means the run is complete
     return {"groups": out / GROUPS_JSON, "csv": out / GROUPS_CSV, "index": index_dir}
 

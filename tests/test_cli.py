@@ -45,6 +45,8 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     assert rows[0] == "image,group,group_size,distance_to_group" and len(rows) == 21
     assert {"resnet50", "vgg16"}.isdisjoint(p.stem for p in (sample_run / "out" / "index").glob("*.ann"))
     assert len(list((sample_run / "out" / "index").glob("*.ann"))) == 3
+    run = json.loads((sample_run / "out" / "run.json").read_text())  # what ran each member, for the record
+    assert run["runtimes"] == {"vgg16-tv": "tensorflow+xla", "efficientnet-lite0": "tflite", "mobilenet-v2": "tflite"}
 
 
 def test_the_sample_groups_match_its_products(sample_run):
