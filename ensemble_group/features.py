@@ -125,10 +125,7 @@ class LazyExtractor:
                 from ensemble_group.lite import cache_file
                 from ensemble_group.weights import cache_dir
 
-                lite_file = cache_file(cache_dir(), self.name, self.weights_id, self.pooling)
-                # A file written with Winograd on holds a model that Winograd left alone: it serves here too.
-                if not self.winograd and not lite_file.is_file():
-                    lite_file = cache_file(cache_dir(), self.name, self.weights_id, self.pooling, winograd=False)
+                lite_file = cache_file(cache_dir(), self.name, self.weights_id, self.pooling, self.winograd)
             self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
                                         framing=self.framing, winograd=self.winograd, pooling=self.pooling,
                                         flip=self.flip, lite=self.lite, lite_file=lite_file)

@@ -31,17 +31,21 @@ def available() -> bool:
 
 
 def cache_file(directory: Path, model: str, weights_id: str, pooling: str, winograd: bool = True) -> Path:
-    """Where the flatbuffer of one member's pooled forward pass is cached. Runs without Winograd have
-    their own file: VGG16 is converted only then, and must not be read when Winograd is on."""
+    """Where the flatbuffer of one member's pooled forward pass is cached.
+
+    A file written with Winograd on holds a model that Winograd left alone (VGG16 stays in TensorFlow
+    then), so it serves runs without Winograd too; otherwise those have their own file, since VGG16
+    converted without Winograd must not be read when Winograd is on.
+    """
     import hashlib
 
     import keras
     import tensorflow as tf
 
     weights = hashlib.sha256(weights_id.encode()).hexdigest()[:16]  # seeded random weights have an id too
-    name = (f"{model}-{pooling}-{weights}{'' if winograd else '-nowinograd'}"
-            f"-tf{tf.__version__}-keras{keras.__version__}.tflite")
-    return Path(directory) / "tflite" / name
+    stem, versions = f"{model}-{pooling}-{weights}", f"-tf{tf.__version__}-keras{keras.__version__}.tflite"
+    shared = Path(directory) / "tflite" / (stem + versions)
+    return shared if winograd or shared.is_file() else shared.with_name(stem + "-nowinograd" + versions)
 
 
 def convert(forward, input_size: int) -> bytes:
@@ -95,7 +99,7 @@ class LiteForward:
             self._shape = x.shape
         self._interpreter.set_tensor(self._input, x)
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output).copy()
+        return self._interpreter.get_tensor(self._output)  # a copy already: the next batch cannot touch it
 
 
 @contextmanager
