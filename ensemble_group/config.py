@@ -34,8 +34,8 @@ class Config:
     pooling: str = "rmac"  # global pooling of each member's last map: avg | gem (generalized mean, p = 3) | rmac
     flip: bool = False  # also embed each image's mirror image and add the two vectors (2x the work)
     batch_size: int = 32  # the largest batch (see features.even_batch)
-    winograd: bool = True  # Winograd 3x3 convolutions + XLA where they pay: same features, faster
-    lite: bool = True  # members XLA does not compile run through TensorFlow Lite (XNNPACK): same features, faster
+    winograd: bool = True  # Winograd 3x3 convolutions where they pay (VGG16): same features, faster
+    lite: bool = True  # members run through TensorFlow Lite (XNNPACK), else TensorFlow: same features, faster
     power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
     whiten_dim: int = 256  # PCA-whitening learned on the folder, this many components; 0 = off
     whiten_shrink: float = 1.0  # eigenvalue shrinkage towards their mean

@@ -121,10 +121,11 @@ class Extractor:
     (`fold.fold_batchnorm`). Both give the same features as the model as built, up to float rounding.
     `pooling` "gem" swaps the global average for a generalized mean (`gem`), "rmac" for regional
     maxima (`rmac`; both by `pooled`); `flip` adds the
-    mirror image's pooled vector to each image's (twice the work). With `lite`, a member that XLA
-    does not compile runs through TensorFlow Lite (`ensemble_group.lite`: same features, faster); its flatbuffer
-    is converted on the first batch and cached at `lite_file`, from which later extractors load it
-    without building the Keras model (`model` is then None). `runtime` says which path runs.
+    mirror image's pooled vector to each image's (twice the work). With `lite`, the member (Winograd
+    layers included) runs through TensorFlow Lite instead of XLA (`ensemble_group.lite`: same features,
+    faster); its flatbuffer is converted on the first batch and cached at `lite_file`, from which later
+    extractors load it without building the Keras model (`model` is then None). `runtime` says which
+    path runs.
     """
 
     def __init__(self, spec: ModelSpec, weights_path: Path | None, *, batch_size: int = 32,
@@ -139,7 +140,7 @@ class Extractor:
         self.framing = framing
         self.pooling = pooling
         self.flip = flip
-        self.model, self.winograd_layers, self.folded_layers = None, 0, 0
+        self.model, self.winograd_layers, self.folded_layers, self._fallback = None, 0, 0, None
         lite = lite and tflite.available()
         if lite and lite_file is not None and Path(lite_file).is_file():
             try:
@@ -155,13 +156,15 @@ class Extractor:
         self.winograd_layers = accelerate(self.model) if winograd else 0
         self.folded_layers = fold_batchnorm(self.model) if fold else 0  # after Winograd: it wraps the conv op
         net = pooled(self.model, pooling)
-        forward = tf.function(lambda x: net(x, training=False), reduce_retracing=True,
-                              jit_compile=self.winograd_layers > 0)
-        if lite and not self.winograd_layers:
-            self._forward = tflite.LiteForward(lambda: tflite.convert(forward, spec.input_size), lite_file)
+        traced = lambda jit: tf.function(lambda x: net(x, training=False), reduce_retracing=True,  # noqa: E731
+                                         jit_compile=jit)
+        compiled = self.winograd_layers > 0  # Winograd pays only with its transforms fused (XLA, or TFLite)
+        self._forward, self.runtime = traced(compiled), "tensorflow" + ("+xla" if compiled else "")
+        if lite:  # TensorFlow's path stays, in case TFLite cannot run this model
+            self._fallback = (self._forward, self.runtime)
+            convertible = traced(False)
+            self._forward = tflite.LiteForward(lambda: tflite.convert(convertible, spec.input_size), lite_file)
             self.runtime = "tflite"
-        else:
-            self._forward, self.runtime = forward, "tensorflow" + ("+xla" if self.winograd_layers else "")
 
     def embed(self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Decoded (H, W, 3) uint8 RGB images -> (n, dim) float32, each row of unit length."""
@@ -171,23 +174,35 @@ class Extractor:
                      batch_size: int | None = None) -> np.ndarray:
         """Already framed (n, s, s, 3) float32 0..255 images -> (n, dim) unit vectors.
 
-        `batch_size` (default: the extractor's) is the fixed shape the batches are padded to; keep it
-        the same across calls, each new one is traced (and compiled) again.
+        `batch_size` (default: the extractor's) is the fixed shape the batches are padded to in TensorFlow;
+        keep it the same across calls, each new one is traced (and compiled) again. TFLite pads nothing.
         """
         bs, n = batch_size or self.batch_size, len(framed)
         out = np.zeros((n, self.spec.dim), dtype=np.float32)
         for start in range(0, n, bs):
             chunk = framed[start:start + bs]
-            batch = np.zeros((bs, *framed.shape[1:]), dtype=np.float32)  # fixed shape: traced once
-            batch[: len(chunk)] = chunk
+            # TensorFlow: one fixed shape, traced (and compiled) once; TFLite takes any, so no padding
+            batch = np.zeros((len(chunk) if self.runtime == "tflite" else bs, *framed.shape[1:]), dtype=np.float32)
+            batch[: len(chunk)] = chunk  # a copy: preprocessing may work in place
             x = self.spec.preprocess(batch)
-            pooled = np.asarray(self._forward(x))
+            pooled = self._run(x)
             if self.flip:  # the mirror image's vector too: left/right views and poses look alike
-                pooled = pooled + np.asarray(self._forward(np.ascontiguousarray(x[:, :, ::-1])))
+                pooled = pooled + self._run(np.ascontiguousarray(x[:, :, ::-1]))
             out[start:start + len(chunk)] = pooled[: len(chunk)]
             if progress:
                 progress(len(chunk))
         return l2_normalise(out)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """The forward pass; a member TFLite cannot run (XNNPACK rejects VGG16's Winograd layers under
+        GeM pooling in TF 2.21) falls back to TensorFlow, and `runtime` says so."""
+        try:
+            return np.asarray(self._forward(x))
+        except RuntimeError:
+            if self._fallback is None:
+                raise
+            (self._forward, self.runtime), self._fallback = self._fallback, None
+            return np.asarray(self._forward(x))
 
 
 GEM_P = 3.0  # Radenovic et al. 2018: p = 3 is their fixed, untrained choice

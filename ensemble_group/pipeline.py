@@ -31,6 +31,7 @@ from ensemble_group.features import Features, LazyExtractor, extract, open_cache
 from ensemble_group.grouping import group_as
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
+from ensemble_group.lite import available as lite_available
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RERANK_FILE, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, to_json)
 from ensemble_group.postprocess import Transform, prepare
@@ -298,8 +299,9 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
         if weights[m["name"]].id != m["weights_id"]:
             reporter.log(f"WARNING: {m['name']} weights differ from the ones the index was built with")
     array = load(Path(image), Path(image).name)
-    # one photo: a batch of one, and no XLA compile that would cost more than it saves
-    extractors = load_extractors(config.replace(batch_size=1, winograd=False), weights)
+    # one photo: a batch of one; Winograd only through TFLite (the file `group` converted), never an XLA compile
+    extractors = load_extractors(config.replace(batch_size=1, winograd=config.winograd and config.lite
+                                                and lite_available()), weights)
     normalisers = {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in config.models}
     fusion = Fusion({}, normalisers, config.fusion_weights())
     queries, indexes = {}, {}

