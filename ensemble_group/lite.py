@@ -45,6 +45,12 @@ def cache_file(directory: Path, model: str, weights_id: str, pooling: str, winog
     return Path(directory) / "tflite" / f"{model}-{pooling}-{weights}{variant}-tf{tf.__version__}-keras{keras.__version__}.tflite"
 
 
+def failure_file(path: Path) -> Path:
+    """Beside a cache file: the error that TFLite gave when its model first ran, so no later run with the
+    same TensorFlow converts it again only to fail (a new TensorFlow has other file names, and retries)."""
+    return Path(path).with_name(Path(path).name + ".failed")
+
+
 def convert(forward, input_size: int) -> bytes:
     """A tf.function of (n, s, s, 3) float32 -> (n, dim) as a float32 TFLite flatbuffer, any batch size."""
     import tensorflow as tf

@@ -93,3 +93,6 @@ def test_a_model_tflite_cannot_run_falls_back_to_tensorflow_and_is_not_cached(tm
     assert np.sum(got * direct.embed_framed(framed), axis=1).min() >= 0.9999
     assert ex.runtime in ("tensorflow+xla", "tflite")  # a later TensorFlow may run it
     assert file.exists() == (ex.runtime == "tflite")  # only a flatbuffer that ran is cached
+    assert lite.failure_file(file).exists() == (ex.runtime != "tflite")
+    again = Extractor(spec, None, batch_size=2, pooling="gem", lite_file=file)
+    assert again.runtime == ex.runtime  # the failure is remembered: no second conversion
