@@ -17,14 +17,11 @@ downloaded here, are timed with random weights (`--random-weights`); their cosin
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import best_of, cpu, member_options, photos, predicted, twin, write_result  # noqa: E402
+from speed import best_of, per_member_main, predicted, twin  # noqa: E402
 
 
 def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> dict:
@@ -55,18 +52,5 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> d
             "min_cosine_engine_vs_predict": round(cosine, 6)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    member_options(parser, images=128)
-    args = parser.parse_args()
-    files = photos(args.images)
-    rows = []
-    for name in args.models:
-        rows.append(member(name, files, args.rounds, args.random_weights))
-        print(json.dumps(rows[-1]), flush=True)
-    write_result(f"members-{'-'.join(args.models)}.json",
-                 {"machine": {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}, "rows": rows})
-
-
 if __name__ == "__main__":
-    main()
+    per_member_main(__doc__, member, "members", images=128)

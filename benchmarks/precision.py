@@ -19,14 +19,11 @@ AVX-512 VNNI or AVX-VNNI speed int8 up; AVX2 alone does not).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import best_of, cpu, member_options, photos, write_result  # noqa: E402
+from speed import best_of, per_member_main  # noqa: E402
 
 VARIANTS = {"float32": "rmac", "fp16-weights": "rmac", "int8-dynamic": "rmac",
             "float32-avg": "avg", "int8-static": "avg"}
@@ -77,19 +74,5 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> l
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    member_options(parser, images=64)
-    args = parser.parse_args()
-    files = photos(args.images)
-    rows = []
-    for name in args.models:
-        for row in member(name, files, args.rounds, args.random_weights):
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    write_result(f"precision-{'-'.join(args.models)}.json",
-                 {"machine": {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}, "rows": rows})
-
-
 if __name__ == "__main__":
-    main()
+    per_member_main(__doc__, member, "precision", images=64)

@@ -208,11 +208,29 @@ def best_of(rounds: int, fns: dict) -> dict[str, float]:
 
 
 def member_options(parser: argparse.ArgumentParser, images: int) -> None:
-    """The options of the per-member timings (members.py, options.py)."""
+    """The options of the per-member timings (members.py, options.py, precision.py)."""
     parser.add_argument("--models", nargs="+", default=["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"])
     parser.add_argument("--images", type=int, default=images, help="a multiple of 32 avoids a padded last batch")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--random-weights", action="store_true")
+
+
+def per_member_main(description: str, measure, prefix: str, images: int) -> None:
+    """The command line of a per-member benchmark (members.py, precision.py): for each of `--models`,
+    `measure(name, files, rounds, random_weights)` gives a row or a list of rows, printed as they come
+    and written with the machine to results/<prefix>-<models>.json."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    member_options(parser, images)
+    args = parser.parse_args()
+    files = photos(args.images)
+    rows = []
+    for name in args.models:
+        got = measure(name, files, args.rounds, args.random_weights)
+        for row in got if isinstance(got, list) else [got]:
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    write_result(f"{prefix}-{'-'.join(args.models)}.json",
+                 {"machine": {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}, "rows": rows})
 
 
 def cpu() -> dict:

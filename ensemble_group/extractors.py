@@ -141,7 +141,6 @@ class Extractor:
         self.pooling = pooling
         self.flip = flip
         self.model, self.winograd_layers, self.folded_layers, self._fallback = None, 0, 0, None
-        self._lite_file = lite_file
         failed_before = lite_file is not None and tflite.failure_file(lite_file).is_file()
         lite = lite and tflite.available() and not failed_before
         if lite and lite_file is not None and Path(lite_file).is_file():
@@ -200,14 +199,9 @@ class Extractor:
         GeM pooling in TF 2.21) falls back to TensorFlow, and `runtime` says so."""
         try:
             return np.asarray(self._forward(x))
-        except RuntimeError as error:
+        except RuntimeError:  # LiteForward kept the error beside its cache file: later runs skip TFLite
             if self._fallback is None:
                 raise
-            if self._lite_file is not None:  # remembered: later runs go straight to TensorFlow
-                from ensemble_group.lite import failure_file
-                from ensemble_group.outputs import atomic_write
-
-                atomic_write(failure_file(self._lite_file), f"{error}\n")
             (self._forward, self.runtime), self._fallback = self._fallback, None
             return np.asarray(self._forward(x))
 

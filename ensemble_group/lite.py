@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble_group.outputs import atomic_write
+
 SLICE = 4  # images per invoke: as fast as 32 on two cores (measured), with an activation arena 8x smaller
 # (VGG16 with Winograd peaks at 6.2 GB in batches of 32, 2.5 GB in 4s); a new slice shape costs nothing
 
@@ -41,8 +43,9 @@ def cache_file(directory: Path, model: str, weights_id: str, pooling: str, winog
     import tensorflow as tf
 
     weights = hashlib.sha256(weights_id.encode()).hexdigest()[:16]  # seeded random weights have an id too
-    variant = "" if winograd else "-nowinograd"
-    return Path(directory) / "tflite" / f"{model}-{pooling}-{weights}{variant}-tf{tf.__version__}-keras{keras.__version__}.tflite"
+    name = (f"{model}-{pooling}-{weights}{'' if winograd else '-nowinograd'}"
+            f"-tf{tf.__version__}-keras{keras.__version__}.tflite")
+    return Path(directory) / "tflite" / name
 
 
 def failure_file(path: Path) -> Path:
@@ -64,7 +67,8 @@ class LiteForward:
 
     The flatbuffer is read from `path` if it is there; otherwise `make()` converts it on the first
     call (after any change to the Keras model's weights), and once it has run it is written to `path`
-    atomically: a model that XNNPACK cannot run raises RuntimeError and is never cached.
+    atomically. A converted model that XNNPACK cannot run raises RuntimeError; it is never cached, and
+    the error is kept in `failure_file(path)` instead.
     """
 
     def __init__(self, make: Callable[[], bytes] | None = None, path: Path | None = None,
@@ -92,10 +96,14 @@ class LiteForward:
             self._unsaved = self._make()
             self._load(self._unsaved)
         x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.concatenate([self._invoke(x[s:s + SLICE]) for s in range(0, len(x), SLICE)])
-        if self._unsaved is not None and self.path is not None:
-            from ensemble_group.outputs import atomic_write
-
+        fresh = self._unsaved is not None and self.path is not None  # its first run decides what is cached
+        try:
+            out = np.concatenate([self._invoke(x[s:s + SLICE]) for s in range(0, len(x), SLICE)])
+        except RuntimeError as error:
+            if fresh:
+                atomic_write(failure_file(self.path), f"{error}\n")
+            raise
+        if fresh:
             atomic_write(Path(self.path), self._unsaved)
         self._unsaved = None
         return out
