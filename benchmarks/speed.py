@@ -11,8 +11,9 @@ them, and neither side inherits the other's warm TensorFlow); end to end and pla
   * raw_predict: `model.predict(batch_size=32)` on already decoded and framed arrays, models loaded.
   * min_cosine_vs_predict: the engine's vectors against `model.predict` on the same framed arrays
     (first 64 photos): the faster paths must give the same features.
-  * first_run: end to end once more, with the members' TensorFlow Lite models not yet converted
-    (what the very first `group` on a machine pays; every later one loads them).
+  * first_run: end to end in the same turns, with the members' TensorFlow Lite models not yet
+    converted (what the very first `group` on a machine pays: it converts them in parallel helper
+    processes, whose peak memory is reported apart; every later one loads them).
 Ratios are taken inside one run, so they survive a noisy machine.
 
     python benchmarks/speed.py --config configs/offline.toml --images 200
@@ -135,6 +136,7 @@ def measure(kind: str, config_path: str, models: list[str], n: int, random_weigh
         out["raw_predict_s"] = round(raw_predict(models, files, weights), 2)
         out["min_cosine_vs_predict_64_images"] = round(same_features(models, files[:64], weights, config), 6)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    out["helpers_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)  # converters
     return out
 
 
@@ -150,8 +152,8 @@ def run(kind: str, args, models: list[str], env: dict | None = None) -> tuple[fl
     return wall, json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def first_run(args, models: list[str]) -> float:
-    """Wall seconds of an end-to-end run whose TensorFlow Lite models are not converted yet: the weights
+def first_run(args, models: list[str]) -> tuple[float, dict]:
+    """(Wall seconds, result) of an end-to-end run whose TensorFlow Lite models are not converted yet: the weights
     cache as it is, but its `tflite/` folder left out (every later run finds them converted)."""
     from ensemble_group.weights import cache_dir
 
@@ -160,13 +162,13 @@ def first_run(args, models: list[str]) -> float:
             for entry in cache_dir().iterdir():
                 if entry.name != "tflite":
                     (Path(tmp) / entry.name).symlink_to(entry)
-        return run("end_to_end", args, models, env={**os.environ, "ENSEMBLE_GROUP_CACHE": tmp})[0]
+        return run("end_to_end", args, models, env={**os.environ, "ENSEMBLE_GROUP_CACHE": tmp})
 
 
 def one_arm(args, models: list[str]) -> dict:
     """End to end and plain in turns (`--rounds`, best of each kept), then raw predict; each its own
-    process. Then one end-to-end run that converts its TensorFlow Lite models first."""
-    e2e = p = float("inf")
+    process, and in the same turns an end-to-end run that converts its TensorFlow Lite models first."""
+    e2e = p = first = float("inf")
     for _ in range(args.rounds):
         wall, out = run("end_to_end", args, models)
         if wall < e2e:
@@ -174,8 +176,10 @@ def one_arm(args, models: list[str]) -> dict:
         wall, out = run("plain", args, models)
         if wall < p:
             p, plain_out = wall, out
+        wall, out = first_run(args, models)
+        if wall < first:
+            first, first_out = wall, out
     _, raw = run("raw", args, models)
-    first = first_run(args, models)
     n = len(photos(args.images))
     return {"models": models, "n_images": n, "end_to_end_s": round(e2e, 2), "plain_s": round(p, 2),
             "raw_predict_s": raw["raw_predict_s"], "end_to_end_img_per_s": round(n / e2e, 2),
@@ -184,7 +188,8 @@ def one_arm(args, models: list[str]) -> dict:
             "first_run_vs_plain": round(p / first, 2), "end_to_end_vs_raw_predict": round(raw["raw_predict_s"] / e2e, 2),
             "min_cosine_vs_predict_64_images": raw["min_cosine_vs_predict_64_images"],
             "stages_s": inside["stages_s"], "peak_rss_mb": inside["peak_rss_mb"],
-            "plain_peak_rss_mb": plain_out["peak_rss_mb"]}
+            "plain_peak_rss_mb": plain_out["peak_rss_mb"], "first_run_peak_rss_mb": first_out["peak_rss_mb"],
+            "first_run_helpers_peak_rss_mb": first_out["helpers_peak_rss_mb"]}
 
 
 def write_result(name: str, doc: dict) -> Path:

@@ -9,7 +9,8 @@ chunk, so a killed run resumes where it stopped. Byte-identical files are extrac
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
     bad: dict[str, str] = {}
     if missing:
         reporter.log(f"extracting features of {len(missing)} images ({len(unique) - len(missing)} from the cache)")
+        convert_ahead([ex for m, ex in extractors.items() if any(h not in found[m] for h in missing)], reporter)
     largest = max((ex.batch_size for ex in extractors.values()), default=1)
     batch = even_batch(len(missing), largest)
     chunk_size = batch * max(1, CHUNK // largest)  # whole batches: only the run's last batch is padded
@@ -118,17 +120,29 @@ class LazyExtractor:
         self._extractor: Extractor | None = None
 
     @property
+    def lite_file(self) -> Path | None:
+        """Where this member's TFLite flatbuffer is cached (None: TFLite off, or weights with no id)."""
+        if not (self.lite and self.weights_id):  # unnamed weights (tests that set their own) are not cached
+            return None
+        from ensemble_group.lite import cache_file
+        from ensemble_group.weights import cache_dir
+
+        return cache_file(cache_dir(), self.name, self.weights_id, self.pooling, self.winograd)
+
+    def needs_conversion(self) -> bool:
+        """Whether loading this member would first convert it for TFLite (seconds, once per machine)."""
+        from ensemble_group import lite
+
+        path = self.lite_file
+        return (self._extractor is None and path is not None and lite.available() and not path.is_file()
+                and not lite.failure_file(path).is_file())
+
+    @property
     def extractor(self) -> Extractor:
         if self._extractor is None:
-            lite_file = None
-            if self.lite and self.weights_id:  # unnamed weights (tests that set their own) are not cached
-                from ensemble_group.lite import cache_file
-                from ensemble_group.weights import cache_dir
-
-                lite_file = cache_file(cache_dir(), self.name, self.weights_id, self.pooling, self.winograd)
             self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
                                         framing=self.framing, winograd=self.winograd, pooling=self.pooling,
-                                        flip=self.flip, lite=self.lite, lite_file=lite_file)
+                                        flip=self.flip, lite=self.lite, lite_file=self.lite_file)
         return self._extractor
 
     @property
@@ -141,6 +155,49 @@ class LazyExtractor:
 
     def embed_framed(self, framed: np.ndarray, progress=None, batch_size: int | None = None) -> np.ndarray:
         return self.extractor.embed_framed(framed, progress, batch_size)
+
+
+def convert_ahead(extractors: list[LazyExtractor], reporter, *, at_least: int = 2) -> list[str]:
+    """Convert, in parallel processes, the members whose TFLite flatbuffer is not cached yet, if there
+    are `at_least` of them: the names of those converted.
+
+    A conversion is mostly one thread's work (freezing the graph, then MLIR passes): on two cores two
+    take little longer than one, and a machine's first `group` of the default trio saves about a third
+    of its conversion time (benchmarks/README.md). Each helper loads the member exactly as this
+    process would and runs it once, so it caches what runs here, or records that TFLite cannot run it.
+    A helper that fails leaves its member to convert here, on first use, as without this step.
+    """
+    import multiprocessing
+
+    todo = [ex for ex in extractors if ex.needs_conversion()]
+    if len(todo) < max(1, at_least):
+        return []
+    done = []
+    with reporter.task(f"converting {len(todo)} models for TFLite (once per machine)", len(todo)) as advance:
+        if len(todo) == 1 or (os.cpu_count() or 1) < 2:  # no parallelism to gain: no helper's start-up to pay
+            for ex in todo:
+                _run_once(ex)
+                done.append(ex.name)
+                advance(1)
+            return done
+        with ProcessPoolExecutor(min(len(todo), os.cpu_count() or 1),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_once, ex): ex.name for ex in todo}
+            for future in as_completed(futures):
+                try:
+                    future.result()
+                    done.append(futures[future])
+                except Exception as error:  # noqa: BLE001  (a helper killed for memory, say)
+                    reporter.log(f"WARNING: converting {futures[future]} in a helper process failed ({error}); "
+                                 "it converts in this process instead")
+                advance(1)
+    return done
+
+
+def _run_once(member: LazyExtractor) -> None:
+    """Load `member` (converting it if need be) and run one image through it: what a helper does."""
+    size = MODELS[member.name].input_size
+    member.embed_framed(np.zeros((1, size, size, 3), np.float32), batch_size=1)
 
 
 def open_cache(path: Path | None, log) -> EmbeddingCache | None:

