@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cpu, photos, write_result  # noqa: E402
+from speed import best_of, cpu, photos, write_result  # noqa: E402
 
 
 def export(models: list[str], out: Path, random_weights: bool) -> None:
@@ -88,12 +87,7 @@ def timings(files: list[Path], threads: list[int], rounds: int) -> list[dict]:
 
             run()  # warm up: XNNPACK packs the weights on the first invoke
             runs[f.name] = run
-        best = {k: float("inf") for k in runs}
-        for _ in range(rounds):
-            for k, run in runs.items():
-                t0 = time.perf_counter()
-                run()
-                best[k] = min(best[k], time.perf_counter() - t0)
+        best = best_of(rounds, runs)
         for k in runs:
             rows.append({"file": k, "threads": n, "img_per_s": round(64 / best[k], 1)})
             print(json.dumps(rows[-1]), flush=True)
