@@ -10,7 +10,7 @@ chunk, so a killed run resumes where it stopped. Byte-identical files are extrac
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,9 +166,8 @@ def convert_ahead(extractors: list[LazyExtractor], reporter, *, at_least: int = 
     instead of 104 s, benchmarks/README.md). Each helper loads the member exactly as this
     process would and runs it once, so it caches what runs here, or records that TFLite cannot run it.
     A helper that fails leaves its member to convert here, on first use, as without this step.
+    Helpers are fresh interpreters (not multiprocessing's), so a user's script is never re-run in them.
     """
-    import multiprocessing
-
     todo = [ex for ex in extractors if ex.needs_conversion()]
     if len(todo) < max(1, at_least):
         return []
@@ -180,18 +179,31 @@ def convert_ahead(extractors: list[LazyExtractor], reporter, *, at_least: int = 
                 done.append(ex.name)
                 advance(1)
             return done
-        with ProcessPoolExecutor(min(len(todo), os.cpu_count() or 1),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_once, ex): ex.name for ex in todo}
+        with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
+            futures = {pool.submit(_run_in_helper, ex): ex.name for ex in todo}
             for future in as_completed(futures):
-                try:
-                    future.result()
+                failure = future.result()
+                if failure is None:
                     done.append(futures[future])
-                except Exception as error:  # noqa: BLE001  (a helper killed for memory, say)
-                    reporter.log(f"WARNING: converting {futures[future]} in a helper process failed ({error}); "
+                else:  # a helper killed for memory, say
+                    reporter.log(f"WARNING: converting {futures[future]} in a helper process failed ({failure}); "
                                  "it converts in this process instead")
                 advance(1)
     return done
+
+
+def _run_in_helper(member: LazyExtractor) -> str | None:
+    """`_run_once(member)` in a new Python process: None, or why it failed."""
+    import pickle
+    import subprocess
+    import sys
+
+    code = "import pickle, sys; from ensemble_group.features import _run_once; _run_once(pickle.load(sys.stdin.buffer))"
+    done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(member), capture_output=True)
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"exit code {done.returncode}"
 
 
 def _run_once(member: LazyExtractor) -> None:

