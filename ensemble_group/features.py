@@ -162,8 +162,8 @@ def convert_ahead(extractors: list[LazyExtractor], reporter, *, at_least: int = 
     are `at_least` of them: the names of those converted.
 
     A conversion is mostly one thread's work (freezing the graph, then MLIR passes): on two cores two
-    take little longer than one (a machine's first `group` of the default trio on 200 photos: 84 s
-    instead of 104 s, benchmarks/README.md). Each helper loads the member exactly as this
+    take little longer than one (a machine's first `group` of the default trio on 200 photos: about
+    8 s faster, benchmarks/README.md). Each helper loads the member exactly as this
     process would and runs it once, so it caches what runs here, or records that TFLite cannot run it.
     A helper that fails leaves its member to convert here, on first use, as without this step.
     Helpers are fresh interpreters (not multiprocessing's), so a user's script is never re-run in them.
