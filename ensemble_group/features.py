@@ -198,7 +198,9 @@ def _run_in_helper(member: LazyExtractor) -> str | None:
     import subprocess
     import sys
 
-    code = "import pickle, sys; from ensemble_group.features import _run_once; _run_once(pickle.load(sys.stdin.buffer))"
+    here = str(Path(__file__).resolve().parent.parent)  # found last: this package even if not installed
+    code = (f"import pickle, sys; sys.path.append({here!r}); from ensemble_group.features import _run_once; "
+            "_run_once(pickle.load(sys.stdin.buffer))")
     done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(member), capture_output=True)
     if done.returncode == 0:
         return None
