@@ -129,13 +129,24 @@ class LazyExtractor:
 
         return cache_file(cache_dir(), self.name, self.weights_id, self.pooling, self.winograd)
 
-    def needs_conversion(self) -> bool:
-        """Whether loading this member would first convert it for TFLite (seconds, once per machine)."""
+    def lite_status(self) -> str:
+        """What loading this member does about TFLite: "off" (lite = false), "unavailable" (no TFLite in
+        this TensorFlow), "uncached" (weights with no id: converted, never cached), "failed" (TFLite
+        could not run it: TensorFlow runs it), "cached", or "convert" (seconds, once per machine)."""
         from ensemble_group import lite
 
         path = self.lite_file
-        return (self._extractor is None and path is not None and lite.available() and not path.is_file()
-                and not lite.failure_file(path).is_file())
+        if not self.lite:
+            return "off"
+        if not lite.available():
+            return "unavailable"
+        if path is None:
+            return "uncached"
+        return "failed" if lite.failure_file(path).is_file() else "cached" if path.is_file() else "convert"
+
+    def needs_conversion(self) -> bool:
+        """Whether loading this member would first convert it for TFLite and cache it."""
+        return self._extractor is None and self.lite_status() == "convert"
 
     @property
     def extractor(self) -> Extractor:

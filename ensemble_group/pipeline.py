@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_group import __version__
+from ensemble_group import __version__, lite
 from ensemble_group.config import Config
 from ensemble_group.extractors import MODELS
 from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser, local_query
@@ -31,7 +31,6 @@ from ensemble_group.features import Features, LazyExtractor, convert_ahead, extr
 from ensemble_group.grouping import group_as
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
-from ensemble_group.lite import available as lite_available
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RERANK_FILE, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, to_json)
 from ensemble_group.postprocess import Transform, prepare
@@ -151,23 +150,20 @@ def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str,
 def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str, str]:
     """Find (or fetch) every member's weights and convert the members for TFLite now, in parallel, rather
     than in the first `group` on this machine: model -> what will run it, and from which file."""
-    from ensemble_group import lite
-
     extractors = load_extractors(config, resolve_weights(config, reporter))
     converted = convert_ahead(list(extractors.values()), reporter, at_least=1)
+    says = {"off": "TensorFlow: lite = false in the config", "unavailable": "TensorFlow: this TensorFlow has no TFLite",
+            "uncached": "TFLite, converted on first use (weights with no id: not cached)",
+            "convert": "TFLite, converted on first use"}  # "convert" left: a helper failed (it warned)
     state = {}
     for m, ex in extractors.items():
-        path = ex.lite_file
-        if path is not None and path.is_file():
-            state[m] = f"TFLite, {'converted now' if m in converted else 'already converted'}: {path}"
-        elif path is not None and lite.failure_file(path).is_file():
-            state[m] = f"TensorFlow: TFLite cannot run it with this TensorFlow ({lite.failure_file(path)})"
-        elif not config.lite:
-            state[m] = "TensorFlow: lite = false in the config"
-        elif not lite.available():
-            state[m] = "TensorFlow: this TensorFlow has no TFLite"
-        else:  # weights with no id, or a helper that failed (it warned)
-            state[m] = "TFLite, converted on first use" + (" (weights with no id: not cached)" if path is None else "")
+        status = ex.lite_status()
+        if status == "cached":
+            state[m] = f"TFLite, {'converted now' if m in converted else 'already converted'}: {ex.lite_file}"
+        elif status == "failed":
+            state[m] = f"TensorFlow: TFLite cannot run it with this TensorFlow ({lite.failure_file(ex.lite_file)})"
+        else:
+            state[m] = says[status]
     return state
 
 
@@ -324,7 +320,7 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
     array = load(Path(image), Path(image).name)
     # one photo: a batch of one; Winograd only through TFLite (the file `group` converted), never an XLA compile
     extractors = load_extractors(config.replace(batch_size=1, winograd=config.winograd and config.lite
-                                                and lite_available()), weights)
+                                                and lite.available()), weights)
     normalisers = {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in config.models}
     fusion = Fusion({}, normalisers, config.fusion_weights())
     queries, indexes = {}, {}
