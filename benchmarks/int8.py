@@ -11,8 +11,9 @@ TFLite flatbuffers with the LiteRT interpreter (`pip install ai-edge-litert`), s
 `export` writes each member's float32 and int8 flatbuffers (average pooling: R-MAC's divisions do not
 survive full-integer quantisation; Winograd off: int8 ruins VGG16's transformed kernels, see
 precision.py), int8 calibrated on the first 32 photos of `speed.photos`, and the lowest and mean
-cosine of the int8 vectors to the float32 ones on the next 64 photos; also the same for R-MAC computed
-in float on the int8 backbone's last map (the shape an int8 option would take). `time` runs each file in slices
+cosine of the int8 vectors to the float32 ones on the next 64 photos; also `<model>.int8-option.tflite`,
+the engine's `precision = "int8"` backbone (calibrated on the shipped set; its R-MAC in float, see
+quantise.py), and its cosine to float R-MAC on those photos. `time` runs each file in slices
 of 4 (as the engine does) over 64 random inputs, the files taking turns, best of `--rounds`.
 """
 
@@ -51,36 +52,25 @@ def export(models: list[str], out: Path, random_weights: bool) -> None:
             (out / f"{name}.{variant}.tflite").write_bytes(flat)
             vectors[variant] = l2_normalise(lite.LiteForward(lambda flat=flat: flat)(x[32:]))
         cosine = np.sum(vectors["float32-avg"] * vectors["int8-static"], axis=1)
-        rmac_cosine = int8_backbone_rmac_cosine(net, spec.input_size, x[:32], x[32:])
+        option = option_cosine(spec, path, x[32:], out / f"{name}.int8-option.tflite")
         rows.append({"model": name, "weights": "random" if path is None else "real",
                      "min_cosine": round(float(cosine.min()), 5), "mean_cosine": round(float(cosine.mean()), 5),
-                     "rmac_int8_backbone_min_cosine": round(float(rmac_cosine.min()), 5),
-                     "rmac_int8_backbone_mean_cosine": round(float(rmac_cosine.mean()), 5)})
+                     "int8_option_min_cosine": round(float(option.min()), 5),
+                     "int8_option_mean_cosine": round(float(option.mean()), 5)})
         print(json.dumps(rows[-1]), flush=True)
     (out / "export.json").write_text(json.dumps({"machine": cpu(), "rows": rows}, indent=2) + "\n")
 
 
-def int8_backbone_rmac_cosine(net, size: int, calibration, x):
-    """Per photo, the cosine of R-MAC on the int8 backbone's last map (dequantised; R-MAC in float, as full
-    integer quantisation cannot keep its divisions) to R-MAC on the float32 map: the shape an int8 option
-    would take."""
-    import keras
+def option_cosine(spec, path, x, save: Path):
+    """Per photo, the cosine of the engine's int8 option (`precision.int8_option`: R-MAC in float on the
+    int8 backbone's map; its flatbuffer written to `save`) to float R-MAC."""
     import numpy as np
-    import tensorflow as tf
 
-    from ensemble_group import lite
-    from ensemble_group.extractors import l2_normalise, rmac
+    from ensemble_group.extractors import Extractor, l2_normalise, pooled
+    from precision import int8_option
 
-    backbone = keras.Model(net.input, net.layers[-2].output)  # the map before global average pooling
-    fn = tf.function(lambda v: backbone(v, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec((None, size, size, 3), tf.float32))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([calibration[i:i + 4]] for i in range(0, len(calibration), 4))
-    quantised = lite.LiteForward(converter.convert)(x)
-    exact = np.asarray(fn(tf.constant(x)))
-    head = rmac(*exact.shape[1:3])
-    return np.sum(l2_normalise(np.asarray(head(exact))) * l2_normalise(np.asarray(head(quantised))), axis=1)
+    exact = np.asarray(pooled(Extractor(spec, path, lite=False, winograd=False).model, "rmac")(x, training=False))
+    return np.sum(l2_normalise(exact) * l2_normalise(int8_option(spec, path, save)(x)), axis=1)
 
 
 def interpreter(path: Path, threads: int):

@@ -8,6 +8,8 @@ per member, against the engine's float32 TFLite path (the same converted forward
   * int8-static: int8 weights and activations, calibrated on the first 32 photos (full integer).
     R-MAC's divisions do not survive full-integer quantisation (TFLite stops on a division by zero),
     so this row, and its float reference, use average pooling.
+  * int8-option: the engine's `precision = "int8"` (quantise.py): the backbone full int8, calibrated
+    on the shipped calibration set, Winograd off, R-MAC in float on its map; against float32 R-MAC.
 Each variant runs in slices of `lite.SLICE` images, as the engine does; they take turns (`--rounds`,
 best kept) so a noisy machine slows them alike. `min_cosine` / `mean_cosine`: each photo's vector
 against the float32 one. Speed-ups depend on the CPU's int8 instructions (`machine.cpu.extensions`:
@@ -43,6 +45,23 @@ def converted(forward, size: int, variant: str, calibration) -> bytes:
     return converter.convert()
 
 
+def int8_option(spec, path, save: Path | None = None):
+    """The engine's `precision = "int8"` path (quantise.py) as a forward pass of preprocessed photos: the
+    backbone full-int8, calibrated on the shipped set, Winograd off, R-MAC in float on its map (its
+    flatbuffer written to `save` on the first call, if given)."""
+    import tensorflow as tf
+
+    from ensemble_group import lite, quantise
+    from ensemble_group.extractors import Extractor, backbone
+
+    net = backbone(Extractor(spec, path, lite=False, winograd=False).model)
+    fn = tf.function(lambda v: net(v, training=False))
+    files, _ = quantise.calibration_photos()
+    batches = lambda: quantise.calibration_batches(files, spec.input_size, spec.preprocess)  # noqa: E731
+    maps = lite.LiteForward(lambda: quantise.convert_int8(fn, spec.input_size, batches), save)
+    return lambda x: quantise.pool(maps(x), "rmac")
+
+
 def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> list[dict]:
     import numpy as np
     import tensorflow as tf
@@ -61,10 +80,11 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> l
         net = pooled(built.model, pooling)
         fn = tf.function(lambda v, net=net: net(v, training=False))
         forwards[variant] = lite.LiteForward(lambda fn=fn, v=variant: converted(fn, spec.input_size, v, x[:32]))
+    forwards["int8-option"] = int8_option(spec, path)
     out = {v: l2_normalise(f(x)) for v, f in forwards.items()}  # converts, and warms every interpreter up
     best = best_of(rounds, {v: (lambda f=f: f(x)) for v, f in forwards.items()})
     rows = []
-    for variant, pooling in VARIANTS.items():
+    for variant, pooling in {**VARIANTS, "int8-option": "rmac"}.items():
         reference = "float32" if pooling == "rmac" else "float32-avg"
         cosine = np.sum(out[variant] * out[reference], axis=1)
         rows.append({"model": name, "weights": "random" if path is None else "real", "variant": variant,

@@ -115,7 +115,7 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
         run = group_folder(folder, cfg, reporter=reporter, cache_file=cache)
     except (WeightsNotFound, NothingToGroup) as e:
         _fail(str(e))
-    except NotADirectoryError as e:
+    except (NotADirectoryError, ValueError) as e:  # ValueError: a setting this machine cannot run (int8)
         _fail(str(e), 2)
     return run, write_run(run, out_dir, force=force)
 
@@ -184,6 +184,8 @@ def prepare(
         state = prepare_members(cfg, CliReporter(quiet, verbose, progress))
     except WeightsNotFound as e:
         _fail(str(e))
+    except ValueError as e:  # an int8 calibration folder that is missing or too small
+        _fail(str(e), 2)
     for name, how in state.items():
         out.print(f"{name}: {how}", highlight=False)
 
@@ -328,8 +330,9 @@ def compare(
                     "(1 for 2,000+ photos, 10 for a catalogue of 200 or fewer).", show_default=False)] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write compare.md and compare.json here.")] = None,
     descriptors: Annotated[bool, typer.Option(
-        "--descriptors", help="Also the rows of the descriptor options (the other poolings, other framing, flip): "
-                              "each extracts the folder again, flip at twice the cost.")] = False,
+        "--descriptors", help="Also the rows of the descriptor options (the other poolings, other framing, flip) "
+                              "and of the other precision (int8 or float32): each extracts the folder again, "
+                              "flip at twice the cost.")] = False,
     cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:

@@ -16,6 +16,7 @@ GROUPING_MODES = ("average", "seed", "components", "mutual", "graph")
 FRAMINGS = ("squash", "pad", "center-crop")
 NORMALISATIONS = ("robust-z", "quantile", "none")
 POOLINGS = ("avg", "gem", "rmac")
+PRECISIONS = ("float32", "int8")
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,8 @@ class Config:
     batch_size: int = 32  # the largest batch (see features.even_batch)
     winograd: bool = True  # Winograd 3x3 convolutions where they pay (VGG16): same features, faster
     lite: bool = True  # members run through TensorFlow Lite (XNNPACK), else TensorFlow: same features, faster
+    precision: str = "float32"  # int8: full-integer backbones (fast with VNNI/AMX; vectors move a little)
+    calibration: str = ""  # int8's calibration photos: a folder; "" = the set shipped with the package
     power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
     whiten_dim: int = 256  # PCA-whitening learned on the folder, this many components; 0 = off
     whiten_shrink: float = 1.0  # eigenvalue shrinkage towards their mean
@@ -74,6 +77,13 @@ class Config:
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
         _choice("framing", self.framing, FRAMINGS)
         _choice("pooling", self.pooling, POOLINGS)
+        _choice("precision", self.precision, PRECISIONS)
+        if self.precision == "int8" and not self.lite:
+            raise ConfigError("precision int8 runs through TensorFlow Lite: it needs lite = true")
+        if not isinstance(self.calibration, str):
+            raise ConfigError(f"calibration must be a folder path (a string), got {self.calibration!r}")
+        if self.calibration and self.precision != "int8":
+            raise ConfigError("calibration is the int8 calibration folder: it needs precision = \"int8\"")
         _choice("normalisation", self.normalisation, NORMALISATIONS)
         _choice("mode", self.mode, GROUPING_MODES)
         if not 0 < self.power <= 1:
@@ -107,7 +117,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "models": {"members": "models", "weights": "model_weights", "weights_files": "weights_files",
                "allow_random_weights": "allow_random_weights"},
     "extraction": {"framing": "framing", "pooling": "pooling", "flip": "flip", "batch_size": "batch_size",
-                   "winograd": "winograd", "lite": "lite"},
+                   "winograd": "winograd", "lite": "lite", "precision": "precision", "calibration": "calibration"},
     "features": {"power": "power", "whiten_dim": "whiten_dim", "whiten_shrink": "whiten_shrink",
                  "whiten_min": "whiten_min", "dba_k": "dba_k", "dba_alpha": "dba_alpha"},
     "index": {"n_trees": "n_trees", "search_k": "search_k", "seed": "seed"},

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ensemble_group import quantise
 from ensemble_group.fold import fold_batchnorm
 from ensemble_group.winograd import accelerate
 
@@ -124,13 +125,15 @@ class Extractor:
     mirror image's pooled vector to each image's (twice the work). With `lite`, the member (Winograd
     layers included) runs through TensorFlow Lite instead of XLA (`ensemble_group.lite`: same features,
     faster); its flatbuffer is converted on the first batch and cached at `lite_file`, from which later
-    extractors load it without building the Keras model (`model` is then None). `runtime` says which
-    path runs.
+    extractors load it without building the Keras model (`model` is then None). With `calibration` (a
+    list of photos), the member runs int8 instead (`quantise`: the backbone full-integer, calibrated
+    on those photos, its pooling in float; no Winograd). `runtime` says which path runs.
     """
 
     def __init__(self, spec: ModelSpec, weights_path: Path | None, *, batch_size: int = 32,
                  framing: str = "squash", winograd: bool = True, fold: bool = True, pooling: str = "avg",
-                 flip: bool = False, lite: bool = True, lite_file: Path | None = None) -> None:
+                 flip: bool = False, lite: bool = True, lite_file: Path | None = None,
+                 calibration: list[Path] | None = None) -> None:
         import tensorflow as tf
 
         from ensemble_group import lite as tflite
@@ -141,11 +144,19 @@ class Extractor:
         self.pooling = pooling
         self.flip = flip
         self.model, self.winograd_layers, self.folded_layers, self._fallback = None, 0, 0, None
+        # int8: the backbone gives its last map, pooled here in float (quantise.pool)
+        self.int8 = calibration is not None
+        self._head = (lambda maps: quantise.pool(maps, pooling)) if self.int8 else None
+        lite_runtime = "tflite-int8" if self.int8 else "tflite"
         failed_before = lite_file is not None and tflite.failure_file(lite_file).is_file()
         lite = lite and tflite.available() and not failed_before
+        if self.int8 and not lite:
+            raise ValueError(f"{spec.name}: precision int8 runs through TFLite, and " + (
+                f"TFLite could not run it ({tflite.failure_file(lite_file)}); use precision float32" if failed_before
+                else "this TensorFlow has no TFLite" if not tflite.available() else "lite is off"))
         if lite and lite_file is not None and Path(lite_file).is_file():
             try:
-                self._forward, self.runtime = tflite.LiteForward(path=lite_file), "tflite"
+                self._forward, self.runtime = tflite.LiteForward(path=lite_file), lite_runtime
                 return
             except (ValueError, RuntimeError, OSError):  # unreadable: convert it again below
                 pass
@@ -154,14 +165,19 @@ class Extractor:
 
             keras.utils.set_random_seed(0)  # explicit random weights must at least be reproducible
         self.model = spec.build(weights_path)
-        self.winograd_layers = accelerate(self.model) if winograd else 0
+        self.winograd_layers = accelerate(self.model) if winograd and not self.int8 else 0
         self.folded_layers = fold_batchnorm(self.model) if fold else 0  # after Winograd: it wraps the conv op
-        net = pooled(self.model, pooling)
+        net = backbone(self.model) if self.int8 else pooled(self.model, pooling)
         traced = lambda jit: tf.function(lambda x: net(x, training=False), reduce_retracing=True,  # noqa: E731
                                          jit_compile=jit)
         compiled = self.winograd_layers > 0  # Winograd pays only with its transforms fused (XLA, or TFLite)
         self._forward, self.runtime = traced(compiled), "tensorflow" + ("+xla" if compiled else "")
-        if lite:  # TensorFlow's path stays, in case TFLite cannot run this model
+        if self.int8:
+            convertible, size = traced(False), spec.input_size
+            batches = lambda: quantise.calibration_batches(calibration, size, spec.preprocess)  # noqa: E731
+            self._forward = tflite.LiteForward(lambda: quantise.convert_int8(convertible, size, batches), lite_file)
+            self.runtime = lite_runtime  # a model TFLite cannot run raises: no float fallback pretends to be int8
+        elif lite:  # TensorFlow's path stays, in case TFLite cannot run this model
             self._fallback = (self._forward, self.runtime)
             convertible = traced(False)
             self._forward = tflite.LiteForward(lambda: tflite.convert(convertible, spec.input_size), lite_file)
@@ -183,7 +199,8 @@ class Extractor:
         for start in range(0, n, bs):
             chunk = framed[start:start + bs]
             # TensorFlow: one fixed shape, traced (and compiled) once; TFLite takes any, so no padding
-            batch = np.zeros((len(chunk) if self.runtime == "tflite" else bs, *framed.shape[1:]), dtype=np.float32)
+            batch = np.zeros((len(chunk) if self.runtime.startswith("tflite") else bs, *framed.shape[1:]),
+                             dtype=np.float32)
             batch[: len(chunk)] = chunk  # a copy: preprocessing may work in place
             x = self.spec.preprocess(batch)
             pooled = self._run(x)
@@ -198,12 +215,16 @@ class Extractor:
         """The forward pass; a member TFLite cannot run (XNNPACK rejects VGG16's Winograd layers under
         GeM pooling in TF 2.21) falls back to TensorFlow, and `runtime` says so."""
         try:
-            return np.asarray(self._forward(x))
-        except RuntimeError:  # LiteForward kept the error beside its cache file: later runs skip TFLite
+            out = np.asarray(self._forward(x))
+        except RuntimeError as error:  # LiteForward kept the error beside its cache file: later runs skip TFLite
+            if self.int8:  # float vectors must not pass for int8 ones (nor be cached as such)
+                raise ValueError(f"{self.spec.name}: TFLite could not run its int8 model ({error}); "
+                                 "use precision float32") from None
             if self._fallback is None:
                 raise
             (self._forward, self.runtime), self._fallback = self._fallback, None
-            return np.asarray(self._forward(x))
+            out = np.asarray(self._forward(x))
+        return self._head(out) if self._head else out
 
 
 GEM_P = 3.0  # Radenovic et al. 2018: p = 3 is their fixed, untrained choice
@@ -278,6 +299,15 @@ def rmac(h: int, w: int):
         return total
 
     return pool
+
+
+def backbone(model: "keras.Model") -> "keras.Model":  # noqa: F821
+    """The net up to its last map, (n, s, s, 3) -> (n, h, w, c): what int8 quantises (see `quantise`)."""
+    import keras
+
+    if not isinstance(model.layers[-1], keras.layers.GlobalAveragePooling2D):
+        raise ValueError(f"{model.name}: int8 needs a net ending in global average pooling")
+    return keras.Model(model.input, model.layers[-2].output, name=f"{model.name}_map")
 
 
 def frame_batch(images: Sequence[np.ndarray], size: int, framing: str) -> np.ndarray:

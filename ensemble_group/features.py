@@ -35,10 +35,13 @@ class Features:
     runtimes: dict[str, str] = field(default_factory=dict)  # model -> what ran it (see Extractor.runtime)
 
 
-def settings_key(model: str, weights_id: str, framing: str, pooling: str = "avg", flip: bool = False) -> str:
+def settings_key(model: str, weights_id: str, framing: str, pooling: str = "avg", flip: bool = False,
+                 int8_calibration: str | None = None) -> str:
     extra = {} if pooling == "avg" else {"pooling": pooling}  # the defaults keep the keys of earlier caches
     if flip:
         extra["flip"] = "mean"
+    if int8_calibration:  # int8 vectors differ a little, and with the calibration set
+        extra["precision"] = f"int8-{int8_calibration}"
     return model_key(model, weights_id, framing=framing, input_size=MODELS[model].input_size, **extra)
 
 
@@ -61,7 +64,8 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
     path_of = {}
     for im in images:
         path_of.setdefault(im.sha256, im.path)
-    keys = {m: settings_key(m, weights_ids[m], ex.framing, ex.pooling, ex.flip) for m, ex in extractors.items()}
+    keys = {m: settings_key(m, weights_ids[m], ex.framing, ex.pooling, ex.flip, ex.int8_calibration)
+            for m, ex in extractors.items()}
     found: dict[str, dict[str, np.ndarray]] = {}
     for m, ex in extractors.items():
         found[m] = cache.get_many(keys[m], unique, MODELS[m].dim) if cache else {}
@@ -110,14 +114,36 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
 
 
 class LazyExtractor:
-    """An Extractor built on first use: loading a model costs seconds, and a cache hit needs none."""
+    """An Extractor built on first use: loading a model costs seconds, and a cache hit needs none.
+
+    `precision` "int8" runs it int8 (see `quantise`), calibrated on the photos of `calibration` (a
+    folder; "" = the set shipped with the package).
+    """
 
     def __init__(self, name: str, weights_path: Path | None, *, batch_size: int, framing: str,
                  winograd: bool = True, pooling: str = "avg", flip: bool = False, lite: bool = True,
-                 weights_id: str | None = None) -> None:
+                 weights_id: str | None = None, precision: str = "float32", calibration: str = "") -> None:
         self.name, self.weights_path, self.batch_size, self.framing = name, weights_path, batch_size, framing
         self.winograd, self.pooling, self.flip, self.lite, self.weights_id = winograd, pooling, flip, lite, weights_id
+        self.precision, self.calibration = precision, calibration
         self._extractor: Extractor | None = None
+        self._calibration_set: tuple[list[Path], str] | None = None
+
+    def _calibration_photos(self) -> tuple[list[Path], str] | None:
+        """int8's calibration photos and their id (None for float32); read once."""
+        if self.precision != "int8":
+            return None
+        if self._calibration_set is None:
+            from ensemble_group.quantise import calibration_photos
+
+            self._calibration_set = calibration_photos(self.calibration)
+        return self._calibration_set
+
+    @property
+    def int8_calibration(self) -> str | None:
+        """The id of the calibration set this member is quantised with (None: float32)."""
+        photos = self._calibration_photos()
+        return photos[1] if photos else None
 
     @property
     def lite_file(self) -> Path | None:
@@ -127,7 +153,8 @@ class LazyExtractor:
         from ensemble_group.lite import cache_file
         from ensemble_group.weights import cache_dir
 
-        return cache_file(cache_dir(), self.name, self.weights_id, self.pooling, self.winograd)
+        return cache_file(cache_dir(), self.name, self.weights_id, self.pooling, self.winograd,
+                          int8_calibration=self.int8_calibration)
 
     def lite_status(self) -> str:
         """What loading this member does about TFLite: "off" (lite = false), "unavailable" (no TFLite in
@@ -153,12 +180,14 @@ class LazyExtractor:
         if self._extractor is None:
             self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
                                         framing=self.framing, winograd=self.winograd, pooling=self.pooling,
-                                        flip=self.flip, lite=self.lite, lite_file=self.lite_file)
+                                        flip=self.flip, lite=self.lite, lite_file=self.lite_file,
+                                        calibration=(self._calibration_photos() or (None,))[0])
         return self._extractor
 
     @property
     def runtime(self) -> str | None:
-        """What runs the model ("tflite", "tensorflow+xla", "tensorflow"), or None if it was not needed."""
+        """What runs the model ("tflite", "tflite-int8", "tensorflow+xla", "tensorflow"), or None if it
+        was not needed."""
         return self._extractor.runtime if self._extractor is not None else None
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:

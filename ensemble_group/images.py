@@ -228,7 +228,7 @@ def _read_decode(path: Path) -> np.ndarray:
     return _decode(data)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -252,7 +252,7 @@ def hash_folder(folder: Path, *, max_workers: int = 2) -> tuple[list[ImageFile],
     paths, skipped = scan(folder)
     root = Path(os.path.abspath(folder))
     with ThreadPoolExecutor(max(1, max_workers)) as pool:
-        hashes = list(pool.map(_try, [_sha256] * len(paths), paths))
+        hashes = list(pool.map(_try, [file_sha256] * len(paths), paths))
     images = []
     for path, h in zip(paths, hashes):
         rel = path.relative_to(root).as_posix()

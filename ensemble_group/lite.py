@@ -35,16 +35,19 @@ def available() -> bool:
     return hasattr(tf, "lite") and hasattr(tf.lite, "Interpreter") and hasattr(tf.lite, "TFLiteConverter")
 
 
-def cache_file(directory: Path, model: str, weights_id: str, pooling: str, winograd: bool = True) -> Path:
-    """Where the flatbuffer of one member's pooled forward pass is cached (with or without Winograd)."""
+def cache_file(directory: Path, model: str, weights_id: str, pooling: str, winograd: bool = True,
+               int8_calibration: str | None = None) -> Path:
+    """Where the flatbuffer of one member's pooled forward pass is cached (with or without Winograd), or
+    with `int8_calibration` (a calibration set's id) its int8 backbone's (any pooling: it gives the map)."""
     import hashlib
 
     import keras
     import tensorflow as tf
 
     weights = hashlib.sha256(weights_id.encode()).hexdigest()[:16]  # seeded random weights have an id too
-    name = (f"{model}-{pooling}-{weights}{'' if winograd else '-nowinograd'}"
-            f"-tf{tf.__version__}-keras{keras.__version__}.tflite")
+    variant = (f"map-int8-{int8_calibration}-{weights}" if int8_calibration
+               else f"{pooling}-{weights}{'' if winograd else '-nowinograd'}")
+    name = f"{model}-{variant}-tf{tf.__version__}-keras{keras.__version__}.tflite"
     return Path(directory) / "tflite" / name
 
 

@@ -34,6 +34,7 @@ from ensemble_group.index import ModelIndex, angular_distance
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RERANK_FILE, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, to_json)
 from ensemble_group.postprocess import Transform, prepare
+from ensemble_group.quantise import calibration_photos
 from ensemble_group.rerank import query_adjustment
 from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
 
@@ -140,10 +141,14 @@ def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str
 
 
 def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
-    """One extractor per member, each loaded on first use."""
+    """One extractor per member, each loaded on first use. A missing or too small int8 calibration
+    folder fails here (ValueError), before any model work."""
+    if config.precision == "int8":
+        calibration_photos(config.calibration)
     return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing,
                              winograd=config.winograd, pooling=config.pooling, flip=config.flip,
-                             lite=config.lite, weights_id=weights[m].id)
+                             lite=config.lite, weights_id=weights[m].id, precision=config.precision,
+                             calibration=config.calibration)
             for m in config.models}
 
 
@@ -157,9 +162,11 @@ def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str
             "convert": "TFLite, converted on first use"}  # "convert" left: a helper failed (it warned)
     state = {}
     for m, ex in extractors.items():
-        status = ex.lite_status()
+        status, tflite = ex.lite_status(), "TFLite int8" if ex.precision == "int8" else "TFLite"
         if status == "cached":
-            state[m] = f"TFLite, {'converted now' if m in converted else 'already converted'}: {ex.lite_file}"
+            state[m] = f"{tflite}, {'converted now' if m in converted else 'already converted'}: {ex.lite_file}"
+        elif status == "failed" and ex.precision == "int8":
+            state[m] = f"nothing: TFLite cannot run its int8 model; use precision float32 ({lite.failure_file(ex.lite_file)})"
         elif status == "failed":
             state[m] = f"TensorFlow: TFLite cannot run it with this TensorFlow ({lite.failure_file(ex.lite_file)})"
         else:

@@ -38,7 +38,7 @@ class Arm:
         return base.replace(**dict(self.changes))
 
 
-EXTRACTION_SETTINGS = ("framing", "pooling", "flip")  # changing one needs the folder extracted again
+EXTRACTION_SETTINGS = ("framing", "pooling", "flip", "precision", "calibration")  # changing one: extract again
 AVERAGE_POOLING = (("pooling", "avg"),)  # the plain and original rows: average pooling whatever the config's
 NO_POSTPROCESSING = (("power", 1.0), ("whiten_dim", 0), ("dba_k", 0))
 NO_LONE_RULE = (("alone_margin", 0.0),)
@@ -102,16 +102,21 @@ def default_arms(config: Config, original_model: str) -> list[Arm]:
 
 
 def descriptor_arms(config: Config) -> list[Arm]:
-    """The descriptor options, each changed from the config's setting.
+    """The descriptor options and the other precision (int8 or float32), each changed from the config's setting.
 
     Each needs the folder extracted again with that setting (flip: at twice the cost), so `compare`
     adds these rows only when asked (`descriptors=True`).
     """
     other_framing = "squash" if config.framing == "pad" else "pad"
-    return [*(Arm(f"ensemble, {p} pooling", config.models, (("pooling", p),)) for p in POOLINGS if p != config.pooling),
+    arms = [*(Arm(f"ensemble, {p} pooling", config.models, (("pooling", p),)) for p in POOLINGS if p != config.pooling),
             Arm(f"ensemble, {other_framing} framing", config.models, (("framing", other_framing),)),
             Arm("ensemble, no flip" if config.flip else "ensemble + flip (mirror image added)", config.models,
                 (("flip", not config.flip),))]
+    if config.precision == "int8":
+        arms.append(Arm("ensemble, float32", config.models, (("precision", "float32"), ("calibration", ""))))
+    elif config.lite:  # int8 runs only through TFLite
+        arms.append(Arm("ensemble, int8 (full-integer backbones)", config.models, (("precision", "int8"),)))
+    return arms
 
 
 def extraction_change(arm: Arm, config: Config) -> tuple[tuple[str, Any], ...]:

@@ -1,0 +1,96 @@
+"""int8 members (`precision = "int8"`): each backbone quantised to full integer, its pooling kept in float.
+
+Why: on a CPU with int8 dot-product instructions (AVX-512 VNNI, AMX-INT8) a full-integer backbone runs
+the dense members 5-14x faster than float32 (VGG16 13.6x, ResNet50 5.4x at 2 threads on a Xeon with
+AMX: benchmarks/README.md, "int8"). Without them (AVX2 only) it gains nothing, so float32 stays the
+default; the vectors move a little (the accuracy rows are in benchmarks/README.md).
+
+How: the net up to its last convolutional map is converted by TFLite with full-integer quantisation
+(int8 weights per channel, int8 activations) and float input and output; the pooling head (avg, GeM or
+R-MAC, whose divisions do not survive integer arithmetic) runs in float, in numpy, on the dequantised
+map. VGG16's Winograd layers are not used: quantised Winograd kernels ruin the features.
+
+The activation ranges are calibrated on a fixed set of photos, never on the folder being grouped, so a
+photo's vector does not depend on which other photos it is grouped with (and the embedding cache stays
+valid). The set shipped in `calibration/` is 32 photos of fruit and vegetables from the Grocery Store
+Dataset (Klasson et al., MIT licence; `calibration/SOURCES.csv`), none of them in the grocery subsets
+that the benchmarks score. A folder of the user's own photos can replace it (`calibration` setting);
+the set's id goes into the flatbuffer's cache name and the embedding cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+SHIPPED = Path(__file__).resolve().parent / "calibration"
+MIN_PHOTOS = 8  # fewer cannot cover the activation ranges of real photos
+MAX_PHOTOS = 64  # more only slow the once-per-machine conversion down
+
+
+def calibration_photos(folder: Path | str | None = None) -> tuple[list[Path], str]:
+    """The calibration photos (the shipped set for None or "") and the set's id: a hash of their contents.
+
+    Raises ValueError if the folder is missing or holds fewer than MIN_PHOTOS readable photos.
+    """
+    from ensemble_group.images import IMAGE_EXTENSIONS, file_sha256
+
+    folder = Path(folder) if folder else SHIPPED
+    if not folder.is_dir():
+        raise ValueError(f"calibration folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())[:MAX_PHOTOS]
+    if len(files) < MIN_PHOTOS:
+        raise ValueError(f"calibration folder {folder}: {len(files)} photos; int8 needs at least {MIN_PHOTOS}")
+    digest = hashlib.sha256("".join(sorted(file_sha256(p) for p in files)).encode()).hexdigest()[:12]
+    return files, digest
+
+
+def calibration_batches(files: list[Path], size: int, preprocess) -> Iterator[list[np.ndarray]]:
+    """The photos squashed to the member's input size and preprocessed, in slices of 4 (a generator, as
+    TFLite's converter wants its representative data set); a photo that cannot be decoded is an error."""
+    from ensemble_group.extractors import frame_batch
+    from ensemble_group.images import load
+
+    framed = frame_batch([load(f) for f in files], size, "squash")
+    for s in range(0, len(framed), 4):
+        yield [preprocess(framed[s:s + 4])]
+
+
+def convert_int8(backbone, input_size: int, batches) -> bytes:
+    """A tf.function of (n, s, s, 3) float32 -> (n, h, w, c) maps as a full-integer TFLite flatbuffer
+    with float input and output; `batches()` gives the representative data each time it is called."""
+    import warnings
+
+    import tensorflow as tf
+
+    concrete = backbone.get_concrete_function(tf.TensorSpec((None, input_size, input_size, 3), tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], backbone)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = batches
+    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the input stays float
+        warnings.simplefilter("ignore", UserWarning)
+        return converter.convert()
+
+
+def pool(maps: np.ndarray, pooling: str) -> np.ndarray:
+    """(n, h, w, c) maps -> (n, c) float32, the same pooling as `extractors.pooled` builds into the float
+    nets (avg | gem | rmac), here in numpy."""
+    from ensemble_group.extractors import GEM_P, rmac_regions
+
+    maps = np.asarray(maps, np.float32)
+    if pooling == "avg":
+        return maps.mean(axis=(1, 2))
+    if pooling == "gem":
+        return np.power(np.power(np.maximum(maps, 1e-6), GEM_P).mean(axis=(1, 2)), 1.0 / GEM_P).astype(np.float32)
+    if pooling != "rmac":
+        raise ValueError(f"unknown pooling {pooling!r}")
+    h, w = maps.shape[1:3]
+    total = np.zeros((len(maps), maps.shape[3]), np.float32)
+    for top, left, side in rmac_regions(h, w):
+        dh, dw = (h, w) if side == 0 else (side, side)
+        v = maps[:, top:top + dh, left:left + dw, :].max(axis=(1, 2))
+        total += v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+    return total
