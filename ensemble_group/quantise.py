@@ -48,6 +48,18 @@ def calibration_photos(folder: Path | str | None = None) -> tuple[list[Path], st
     return files, digest
 
 
+def tensorflow_version() -> str:
+    """The installed TensorFlow's version, from package metadata (no TensorFlow import: a warm run skips it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            pass
+    return "unknown"
+
+
 def calibration_batches(files: list[Path], size: int, preprocess) -> Iterator[list[np.ndarray]]:
     """The photos squashed to the member's input size and preprocessed, in slices of 4 (a generator, as
     TFLite's converter wants its representative data set); a photo that cannot be decoded is an error."""

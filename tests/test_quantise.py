@@ -64,7 +64,8 @@ def test_int8_settings_are_validated_and_keyed_apart():
     with pytest.raises(ConfigError, match='needs precision = "int8"'):
         Config(calibration="photos")
     float_key = settings_key("mobilenet-v2", "w", "squash", "rmac")
-    assert settings_key("mobilenet-v2", "w", "squash", "rmac", int8_calibration="abc") == float_key + "|precision=int8-abc"
+    int8_key = settings_key("mobilenet-v2", "w", "squash", "rmac", int8_calibration="abc")
+    assert int8_key == float_key + f"|precision=int8-abc-tf{tf.__version__}"  # TFLite's quantiser may change
     # compare's row for the other precision extracts the folder again, with that precision
     (row,) = [a for a in descriptor_arms(Config()) if "int8" in a.name]
     assert extraction_change(row, Config()) == (("precision", "int8"),)
@@ -98,17 +99,19 @@ def test_a_real_member_in_int8_is_close_to_float32_smaller_and_cached(weights_ca
 
 
 def test_group_with_precision_int8_from_the_command_line(weights_cache, tmp_path, monkeypatch):
+    """The members where int8 pays run int8; MobileNetV2 (slower in int8 on every CPU measured) stays float."""
     monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(weights_cache))
     config = tmp_path / "int8.toml"
-    config.write_text('[models]\nmembers = ["mobilenet-v2"]\n[extraction]\nprecision = "int8"\n')
+    members = '[models]\nmembers = ["efficientnet-lite0", "mobilenet-v2"]\n'
+    config.write_text(members + '[extraction]\nprecision = "int8"\n')
     result = CliRunner().invoke(app, ["group", str(SAMPLE), "--config", str(config), "--out", str(tmp_path / "out"),
                                       "--cache-file", str(tmp_path / "emb.sqlite")])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["runtimes"] == {"mobilenet-v2": "tflite-int8"}
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["runtimes"] == {
+        "efficientnet-lite0": "tflite-int8", "mobilenet-v2": "tflite"}
     assert json.loads((tmp_path / "out" / "groups.json").read_text())["config"]["precision"] == "int8"
 
-    config.write_text('[models]\nmembers = ["mobilenet-v2"]\n[extraction]\nprecision = "int8"\n'
-                      f'calibration = "{tmp_path / "none"}"\n')
+    config.write_text(members + f'[extraction]\nprecision = "int8"\ncalibration = "{tmp_path / "none"}"\n')
     result = CliRunner().invoke(app, ["group", str(SAMPLE), "--config", str(config), "--out", str(tmp_path / "o2"),
                                       "--no-cache"])
     assert result.exit_code != 0 and "calibration folder not found" in result.output
