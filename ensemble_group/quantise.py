@@ -2,8 +2,8 @@
 
 Why: on a CPU with int8 dot-product instructions (AVX-512 VNNI, AMX-INT8) a full-integer backbone runs
 the dense members 5-14x faster than float32 (VGG16 13.6x, ResNet50 5.4x at 2 threads on a Xeon with
-AMX: benchmarks/README.md, "int8"). Without them (AVX2 only) it gains nothing, so float32 stays the
-default; the vectors move a little (the accuracy rows are in benchmarks/README.md).
+AMX: benchmarks/README.md, "int8"). Without them (AVX2 only) it is slower (0.73-0.91x), so float32
+stays the default; the vectors move a little (the accuracy rows are in benchmarks/README.md).
 
 How: the net up to its last convolutional map is converted by TFLite with full-integer quantisation
 (int8 weights per channel, int8 activations) and float input and output; the pooling head (avg, GeM or

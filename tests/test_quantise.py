@@ -99,7 +99,7 @@ def test_a_real_member_in_int8_is_close_to_float32_smaller_and_cached(weights_ca
 
 
 def test_group_with_precision_int8_from_the_command_line(weights_cache, tmp_path, monkeypatch):
-    """The members where int8 pays run int8; MobileNetV2 (slower in int8 on every CPU measured) stays float."""
+    """The members where int8 pays run int8; MobileNetV2 (slower in int8 on both CPUs measured) stays float."""
     monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(weights_cache))
     config = tmp_path / "int8.toml"
     members = '[models]\nmembers = ["efficientnet-lite0", "mobilenet-v2"]\n'
