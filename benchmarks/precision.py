@@ -56,7 +56,7 @@ def int8_option(spec, path, save: Path | None = None):
 
     net = backbone(Extractor(spec, path, lite=False, winograd=False).model)
     fn = tf.function(lambda v: net(v, training=False))
-    files, _ = quantise.calibration_photos()
+    files = quantise.calibration_photos().photos
     batches = lambda: quantise.calibration_batches(files, spec.input_size, spec.preprocess)  # noqa: E731
     maps = lite.LiteForward(lambda: quantise.convert_int8(fn, spec.input_size, batches), save)
     return lambda x: quantise.pool(maps(x), "rmac")

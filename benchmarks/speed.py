@@ -87,17 +87,17 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
 
     from ensemble_group.extractors import MODELS, Extractor, frame_batch, pooled
     from ensemble_group.images import load
-    from ensemble_group.quantise import calibration_photos
+    from ensemble_group.pipeline import member_calibrations
 
     images = [load(f) for f in files]
+    int8 = member_calibrations(config.replace(models=models))
     lowest = 1.0
     for m in models:
         spec = MODELS[m]
         framed = frame_batch(images, spec.input_size, config.framing)
-        int8 = config.precision == "int8" and spec.int8
         extractor = Extractor(spec, weights[m].path, batch_size=config.batch_size, framing=config.framing,
                               winograd=config.winograd, pooling=config.pooling,
-                              calibration=calibration_photos(config.calibration)[0] if int8 else None)
+                              calibration=int8[m].photos if int8[m] else None)
         engine = extractor.embed_framed(framed)
         plain_vectors = predicted(spec, pooled(twin(spec, weights[m].path, extractor), config.pooling), framed)
         lowest = min(lowest, float(np.sum(engine * plain_vectors, axis=1).min()))

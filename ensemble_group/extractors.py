@@ -148,9 +148,7 @@ class Extractor:
         self.pooling = pooling
         self.flip = flip
         self.model, self.winograd_layers, self.folded_layers, self._fallback = None, 0, 0, None
-        # int8: the backbone gives its last map, pooled here in float (quantise.pool)
-        self.int8 = calibration is not None
-        self._head = (lambda maps: quantise.pool(maps, pooling)) if self.int8 else None
+        self.int8 = calibration is not None  # the backbone gives its last map, pooled in float (quantise.pool)
         lite_runtime = "tflite-int8" if self.int8 else "tflite"
         failed_before = lite_file is not None and tflite.failure_file(lite_file).is_file()
         lite = lite and tflite.available() and not failed_before
@@ -228,7 +226,7 @@ class Extractor:
                 raise
             (self._forward, self.runtime), self._fallback = self._fallback, None
             out = np.asarray(self._forward(x))
-        return self._head(out) if self._head else out
+        return quantise.pool(out, self.pooling) if self.int8 else out
 
 
 GEM_P = 3.0  # Radenovic et al. 2018: p = 3 is their fixed, untrained choice

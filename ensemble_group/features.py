@@ -19,7 +19,7 @@ import numpy as np
 from ensemble_group.cache import EmbeddingCache, model_key
 from ensemble_group.extractors import MODELS, Extractor, frame_batch
 from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many
-from ensemble_group.quantise import tensorflow_version
+from ensemble_group.quantise import Calibration, tensorflow_version
 
 CHUNK = 128  # about this many images decoded at a time: bounds memory, and the most a kill can lose
 
@@ -117,34 +117,21 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
 class LazyExtractor:
     """An Extractor built on first use: loading a model costs seconds, and a cache hit needs none.
 
-    `precision` "int8" runs it int8 (see `quantise`), calibrated on the photos of `calibration` (a
-    folder; "" = the set shipped with the package).
+    With `int8` (a calibration set, `quantise.calibration_photos`), it runs int8 (see `quantise`).
     """
 
     def __init__(self, name: str, weights_path: Path | None, *, batch_size: int, framing: str,
                  winograd: bool = True, pooling: str = "avg", flip: bool = False, lite: bool = True,
-                 weights_id: str | None = None, precision: str = "float32", calibration: str = "") -> None:
+                 weights_id: str | None = None, int8: Calibration | None = None) -> None:
         self.name, self.weights_path, self.batch_size, self.framing = name, weights_path, batch_size, framing
         self.winograd, self.pooling, self.flip, self.lite, self.weights_id = winograd, pooling, flip, lite, weights_id
-        self.precision, self.calibration = precision, calibration
+        self.int8 = int8
         self._extractor: Extractor | None = None
-        self._calibration_set: tuple[list[Path], str] | None = None
-
-    def _calibration_photos(self) -> tuple[list[Path], str] | None:
-        """int8's calibration photos and their id (None for float32); read once."""
-        if self.precision != "int8":
-            return None
-        if self._calibration_set is None:
-            from ensemble_group.quantise import calibration_photos
-
-            self._calibration_set = calibration_photos(self.calibration)
-        return self._calibration_set
 
     @property
     def int8_calibration(self) -> str | None:
         """The id of the calibration set this member is quantised with (None: float32)."""
-        photos = self._calibration_photos()
-        return photos[1] if photos else None
+        return self.int8.id if self.int8 else None
 
     @property
     def lite_file(self) -> Path | None:
@@ -182,7 +169,7 @@ class LazyExtractor:
             self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
                                         framing=self.framing, winograd=self.winograd, pooling=self.pooling,
                                         flip=self.flip, lite=self.lite, lite_file=self.lite_file,
-                                        calibration=(self._calibration_photos() or (None,))[0])
+                                        calibration=self.int8.photos if self.int8 else None)
         return self._extractor
 
     @property

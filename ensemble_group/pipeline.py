@@ -34,7 +34,7 @@ from ensemble_group.index import ModelIndex, angular_distance
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RERANK_FILE, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, to_json)
 from ensemble_group.postprocess import Transform, prepare
-from ensemble_group.quantise import calibration_photos
+from ensemble_group.quantise import Calibration, calibration_photos
 from ensemble_group.rerank import query_adjustment
 from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
 
@@ -140,17 +140,20 @@ def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str
     return found
 
 
+def member_calibrations(config: Config) -> dict[str, Calibration | None]:
+    """The calibration set each member is quantised with, None for float32: with precision int8, the
+    members where int8 pays (`ModelSpec.int8`). The photos are read once; a missing or too small
+    calibration folder fails here (ValueError), before any model work."""
+    calibration = calibration_photos(config.calibration) if config.precision == "int8" else None
+    return {m: calibration if MODELS[m].int8 else None for m in config.models}
+
+
 def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
-    """One extractor per member, each loaded on first use. With precision int8, the members where int8
-    pays (`ModelSpec.int8`) run int8, the others float32; a missing or too small calibration folder
-    fails here (ValueError), before any model work."""
-    if config.precision == "int8":
-        calibration_photos(config.calibration)
+    """One extractor per member, each loaded on first use (int8 ones with `member_calibrations`)."""
+    int8 = member_calibrations(config)
     return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing,
                              winograd=config.winograd, pooling=config.pooling, flip=config.flip,
-                             lite=config.lite, weights_id=weights[m].id,
-                             precision=config.precision if MODELS[m].int8 else "float32",
-                             calibration=config.calibration)
+                             lite=config.lite, weights_id=weights[m].id, int8=int8[m])
             for m in config.models}
 
 
@@ -164,10 +167,10 @@ def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str
             "convert": "TFLite, converted on first use"}  # "convert" left: a helper failed (it warned)
     state = {}
     for m, ex in extractors.items():
-        status, tflite = ex.lite_status(), "TFLite int8" if ex.precision == "int8" else "TFLite"
+        status, tflite = ex.lite_status(), "TFLite int8" if ex.int8 else "TFLite"
         if status == "cached":
             state[m] = f"{tflite}, {'converted now' if m in converted else 'already converted'}: {ex.lite_file}"
-        elif status == "failed" and ex.precision == "int8":
+        elif status == "failed" and ex.int8:
             state[m] = f"nothing: TFLite cannot run its int8 model; use precision float32 ({lite.failure_file(ex.lite_file)})"
         elif status == "failed":
             state[m] = f"TensorFlow: TFLite cannot run it with this TensorFlow ({lite.failure_file(ex.lite_file)})"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,8 +32,15 @@ MIN_PHOTOS = 8  # fewer cannot cover the activation ranges of real photos
 MAX_PHOTOS = 64  # more only slow the once-per-machine conversion down
 
 
-def calibration_photos(folder: Path | str | None = None) -> tuple[list[Path], str]:
-    """The calibration photos (the shipped set for None or "") and the set's id: a hash of their contents.
+class Calibration(NamedTuple):
+    """A calibration set: its photos, and its id (a hash of their contents) for cache names and keys."""
+
+    photos: list[Path]
+    id: str
+
+
+def calibration_photos(folder: Path | str | None = None) -> Calibration:
+    """The calibration set in `folder` (the shipped set for None or "").
 
     Raises ValueError if the folder is missing or holds fewer than MIN_PHOTOS readable photos.
     """
@@ -45,7 +53,7 @@ def calibration_photos(folder: Path | str | None = None) -> tuple[list[Path], st
     if len(files) < MIN_PHOTOS:
         raise ValueError(f"calibration folder {folder}: {len(files)} photos; int8 needs at least {MIN_PHOTOS}")
     digest = hashlib.sha256("".join(sorted(file_sha256(p) for p in files)).encode()).hexdigest()[:12]
-    return files, digest
+    return Calibration(files, digest)
 
 
 def tensorflow_version() -> str:

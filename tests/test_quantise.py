@@ -81,7 +81,7 @@ def test_a_real_member_in_int8_is_close_to_float32_smaller_and_cached(weights_ca
     images = [load(p) for p in sorted((SAMPLE / "images").iterdir())]
     want = Extractor(SPEC, path, pooling="rmac", lite_file=tmp_path / "float.tflite").embed(images)
     member = LazyExtractor("mobilenet-v2", path, batch_size=8, framing="squash", pooling="rmac",
-                           weights_id="real", precision="int8")
+                           weights_id="real", int8=quantise.calibration_photos())
     assert member.lite_status() == "convert" and f"-map-int8-{member.int8_calibration}-" in member.lite_file.name
     got = member.embed(images)
     assert member.runtime == "tflite-int8" and member.extractor.winograd_layers == 0
@@ -91,7 +91,7 @@ def test_a_real_member_in_int8_is_close_to_float32_smaller_and_cached(weights_ca
     assert member.lite_file.stat().st_size < 0.4 * (tmp_path / "float.tflite").stat().st_size  # int8 weights
 
     again = LazyExtractor("mobilenet-v2", path, batch_size=8, framing="squash", pooling="gem",
-                          weights_id="real", precision="int8")
+                          weights_id="real", int8=quantise.calibration_photos())
     assert again.lite_file == member.lite_file  # one int8 backbone serves every pooling
     assert again.extractor.model is None  # loaded from the cache: no Keras model built
     assert np.allclose(again.embed(images[:3]), Extractor(SPEC, path, pooling="gem", lite=False).embed(images[:3]),
