@@ -55,7 +55,7 @@ class Config:
     rerank_weight: float = 1.0  # how far identical neighbourhoods pull a pair (x 5 robust-z units)
     mode: str = "graph"
     cutoff: float = -2.0
-    alone_margin: float = 1.0  # an image left alone joins a clearly nearest neighbour's group; 0 = off
+    alone_margin: float = 0.5  # an image left alone joins the group clearly nearest on average; 0 = off
 
     def __post_init__(self) -> None:
         if not self.models:

@@ -22,8 +22,9 @@ an earlier image's group, which is how the original cut one product into two gro
 Modes "components" (plain connected components of the cutoff graph) and "mutual" (the same, but an
 edge needs both images in each other's top k) are baselines for `compare`.
 Singletons are allowed in every mode: a product with one photo is a group of one. With
-`alone_margin` > 0 (1.0 by default), `attach_alone` then gives an image left alone to the group of a
-clearly nearest neighbour: with re-ranking it gains where products have few photos (benchmarks/).
+`alone_margin` > 0 (0.5 by default), `attach_alone` then gives an image left alone to the group it is
+clearly nearest to on average: it gains where products have few photos, and keeps a product's
+close-up with it (benchmarks/README "Lone images").
 """
 
 from __future__ import annotations
@@ -198,29 +199,38 @@ def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5) -> 
 
 
 def attach_alone(label: np.ndarray, neigh: FusedNeighbours, margin: float) -> np.ndarray:
-    """Put an image left alone into its nearest neighbour's group when that neighbour stands out.
+    """Put an image left alone into the group it is clearly nearest to, on average.
 
     A close-up or an odd view of a product can be far from every photo by the cutoff's measure and
     still be plainly nearer to one product than to anything else. An image alone in its group joins
-    the group of its nearest neighbour when that neighbour is nearer than a typical unrelated pair
-    (fused distance < 0) and nearer, by at least `margin`, than the nearest image of any other
-    group. Only images that were alone move, each at most once, so no chain can form. margin <= 0: off.
+    the group with the lowest mean fused distance over the neighbour-list pairs between them (either
+    direction, as graph grouping counts them) when that mean is nearer than a typical unrelated pair
+    (< 0) and nearer, by at least `margin`, than any other group's. A group's mean, not its nearest
+    photo: a close-up can be as near one photo of a look-alike as the nearest of its own product's,
+    while nearer to all of its own (benchmarks/README "Lone images"). Only images that were alone
+    move, each at most once, so no chain can form. margin <= 0: off.
     """
     if margin <= 0:
         return label
     n = len(label)
-    alone = np.flatnonzero(np.bincount(label, minlength=n)[label] == 1)
+    alone = np.bincount(label, minlength=n)[label] == 1
+    rows, cols = np.nonzero(neigh.ids >= 0)
+    a, b, w = rows, neigh.ids[rows, cols], neigh.dist[rows, cols]
+    lone, other, dist = np.r_[a, b], np.r_[b, a], np.r_[w, w]  # each listing, seen from both ends
+    keep = alone[lone] & (lone != other)
+    lone, other, dist = lone[keep], other[keep], dist[keep]
+    order = np.lexsort((dist, other, lone))  # by lone image, then pair; a pair listed twice: nearer first
+    lone, other, dist = lone[order], other[order], dist[order]
+    _, first = np.unique(lone.astype(np.int64) * n + other, return_index=True)
+    lone, other, dist = lone[first], other[first], dist[first]
+    starts = np.flatnonzero(np.r_[True, lone[1:] != lone[:-1]]) if len(lone) else np.array([], dtype=np.int64)
     out = label.copy()
-    for i in alone:
-        ids, dist = neigh.ids[i], neigh.dist[i]
-        valid = ids >= 0
-        ids, dist = ids[valid], dist[valid]
-        if not len(ids) or dist[0] >= 0:
-            continue
-        target = out[ids[0]]  # `out`: two lone images that are each other's nearest end up together
-        other = dist[out[ids] != target]
-        if not len(other) or other[0] - dist[0] >= margin:
-            out[i] = target
+    for i, js, ds in zip(lone[starts], np.split(other, starts[1:]), np.split(dist, starts[1:])):
+        groups, which = np.unique(out[js], return_inverse=True)  # `out`: two lone images can pair up
+        mean = np.bincount(which, weights=ds) / np.bincount(which)
+        ranked = np.argsort(mean)
+        if mean[ranked[0]] < 0 and (len(ranked) == 1 or mean[ranked[1]] - mean[ranked[0]] >= margin):
+            out[i] = groups[ranked[0]]
     return canonical(out)
 
 

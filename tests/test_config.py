@@ -68,7 +68,7 @@ def test_extraction_and_grouping_keys_are_read(tmp_path):
     assert (c.winograd, c.lite, c.pooling, c.local_k, c.rerank_k, c.alone_margin) == (False, False, "gem", 10, 0, 1.5)
     d = Config()
     assert d.lite
-    assert (d.winograd, d.pooling, d.local_k, d.rerank_k, d.rerank_weight, d.alone_margin) == (True, "rmac", 0, 20, 1.0, 1.0)
+    assert (d.winograd, d.pooling, d.local_k, d.rerank_k, d.rerank_weight, d.alone_margin) == (True, "rmac", 0, 20, 1.0, 0.5)
 
 
 def test_built_in_defaults_are_the_offline_config():

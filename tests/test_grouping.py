@@ -133,6 +133,23 @@ def test_a_lone_image_joins_the_group_of_a_clearly_nearest_neighbour_only():
     assert attach_alone(label, lists(rows), margin=2.5).tolist() == [0, 0, 0, 1, 1, 2, 3, 4]
 
 
+def test_a_lone_image_goes_by_the_groups_mean_not_by_one_look_alike_photo():
+    from ensemble_group.grouping import attach_alone
+
+    # groups {0,1,2} and {3,4}; image 5 (a close-up) is near every photo of group 0, and as near one
+    # photo of group 1 as to group 0's nearest, but far from group 1's other photo
+    label = np.array([0, 0, 0, 1, 1, 2])
+    rows = [[(1, -4.0)], [(0, -4.0)], [(0, -4.0)], [(4, -4.0)], [(3, -4.0)],
+            [(3, -1.7), (0, -1.68), (1, -1.67), (2, -1.48), (4, -0.2)]]
+    # group means: 0 -> -1.61, 1 -> -0.95: group 0 is 0.66 nearer, though photo 3 is the nearest photo
+    assert attach_alone(label, lists(rows), margin=0.5).tolist() == [0, 0, 0, 1, 1, 0]
+    assert attach_alone(label, lists(rows), margin=0.7).tolist() == label.tolist()  # not by 0.7: stays alone
+    # the pairs count from both ends: listed only in group 1's lists, photo 4's far pair still counts
+    rows[5] = [(3, -1.7), (0, -1.68), (1, -1.67), (2, -1.48)]
+    rows[4] = [(3, -4.0), (5, -0.2)]
+    assert attach_alone(label, lists(rows), margin=0.5).tolist() == [0, 0, 0, 1, 1, 0]
+
+
 def test_two_lone_images_that_are_each_others_nearest_end_up_together():
     from ensemble_group.grouping import attach_alone
 
