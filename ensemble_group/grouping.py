@@ -214,10 +214,14 @@ def attach_alone(label: np.ndarray, neigh: FusedNeighbours, margin: float) -> np
         return label
     n = len(label)
     alone = np.bincount(label, minlength=n)[label] == 1
-    rows, cols = np.nonzero(neigh.ids >= 0)
-    a, b, w = rows, neigh.ids[rows, cols], neigh.dist[rows, cols]
-    lone, other, dist = np.r_[a, b], np.r_[b, a], np.r_[w, w]  # each listing, seen from both ends
-    keep = alone[lone] & (lone != other)
+    valid = neigh.ids >= 0
+    listed = np.maximum(neigh.ids, 0)
+    own = np.nonzero(valid & alone[:, None])  # the lone images' own lists
+    back = np.nonzero(valid & alone[listed])  # other images' lists that name a lone image
+    lone = np.r_[own[0], listed[back]]
+    other = np.r_[listed[own], back[0]]
+    dist = np.r_[neigh.dist[own], neigh.dist[back]]
+    keep = lone != other
     lone, other, dist = lone[keep], other[keep], dist[keep]
     order = np.lexsort((dist, other, lone))  # by lone image, then pair; a pair listed twice: nearer first
     lone, other, dist = lone[order], other[order], dist[order]
