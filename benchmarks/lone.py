@@ -56,21 +56,18 @@ def attach_nearest(label: np.ndarray, neigh, margin: float) -> np.ndarray:
     return canonical(out)
 
 
-def variants() -> dict[str, dict]:
-    return {"not attached": {"alone_margin": 0.0}, PREVIOUS: {"previous": 1.0},
-            **{f"group mean, margin {m:g}" + (" (default)" if m == 0.5 else ""): {"alone_margin": m}
-               for m in (0.25, 0.5, 0.75, 1.0)}}
-
-
-def grouper(config, change: dict):
-    """labels(neigh, fusion, cutoff) for one variant."""
+def rules(config) -> dict[str, object]:
+    """Each variant's grouper: labels(neigh, fusion, cutoff)."""
     from ensemble_group.grouping import group_as
 
-    if "previous" in change:
-        off = config.replace(alone_margin=0.0)
-        return lambda neigh, fusion, c: attach_nearest(group_as(off, neigh, fusion, c), neigh, change["previous"])
-    cfg = config.replace(**change)
-    return lambda neigh, fusion, c: group_as(cfg, neigh, fusion, c)
+    off = config.replace(alone_margin=0.0)
+    out = {"not attached": lambda neigh, fusion, c: group_as(off, neigh, fusion, c),
+           PREVIOUS: lambda neigh, fusion, c: attach_nearest(group_as(off, neigh, fusion, c), neigh, 1.0)}
+    for m in (0.25, 0.5, 0.75, 1.0):
+        cfg = config.replace(alone_margin=m)
+        out[f"group mean, margin {m:g}" + (" (default)" if m == 0.5 else "")] = (
+            lambda neigh, fusion, c, cfg=cfg: group_as(cfg, neigh, fusion, c))
+    return out
 
 
 def main() -> None:
@@ -89,7 +86,7 @@ def main() -> None:
 
     config = load_config(args.config)
     arm = Arm("ensemble", config.models)
-    rules = {name: grouper(config, change) for name, change in variants().items()}
+    groupers = rules(config)
     f1 = lambda true, pred: pairwise_prf(true, pred)["pairwise_f1"]  # noqa: E731
 
     def held_out(vectors, true, seed) -> dict[str, float]:
@@ -97,15 +94,15 @@ def main() -> None:
         a = neighbours_for(Subset({m: v[tune] for m, v in vectors.items()}, true[tune]), arm, config)
         b = neighbours_for(Subset({m: v[test] for m, v in vectors.items()}, true[test]), arm, config)
         out = {}
-        for name, labels in rules.items():
+        for name, labels in groupers.items():
             cutoff = max(cutoff_grid(a[1]), key=lambda c: (f1(true[tune], labels(a[1], a[0], float(c))), -c))
             out[name] = f1(true[test], labels(b[1], b[0], float(cutoff)))
         return out
 
     def whole(vectors, true) -> dict[str, tuple[float, int]]:
         fusion, neigh, _ = neighbours_for(Subset(vectors, true), arm, config)
-        return {name: (f1(true, pred), len(np.unique(pred)))
-                for name, pred in ((n, labels(neigh, fusion, config.cutoff)) for n, labels in rules.items())}
+        preds = {name: labels(neigh, fusion, config.cutoff) for name, labels in groupers.items()}
+        return {name: (f1(true, pred), len(np.unique(pred))) for name, pred in preds.items()}
 
     loaded = {}
     report = {"config": Path(args.config).name, "machine": {"cpu": cpu()}, "cases": {}}
@@ -118,7 +115,7 @@ def main() -> None:
             loaded[set_name] = (vectors, np.unique(products, return_inverse=True)[1])
         vectors, true = loaded[set_name]
         if parts[0] == "draws":
-            held, at_cutoff = {n: [] for n in rules}, {n: [] for n in rules}
+            held, at_cutoff = {n: [] for n in groupers}, {n: [] for n in groupers}
             for d in range(args.draws):
                 idx = draw(true, int(parts[2]), (1, 5), 1000 + d)
                 sub = {m: v[idx] for m, v in vectors.items()}
@@ -127,7 +124,7 @@ def main() -> None:
                 for n, (x, _) in whole(sub, true[idx]).items():
                     at_cutoff[n].append(x)
             rows = {}
-            for n in rules:
+            for n in groupers:
                 h, w = np.array(held[n]), np.array(at_cutoff[n])
                 dh, dw = h - np.array(held[PREVIOUS]), w - np.array(at_cutoff[PREVIOUS])
                 se = lambda x: round(float(x.std(ddof=1) / np.sqrt(len(x))), 4)  # noqa: E731
@@ -143,7 +140,7 @@ def main() -> None:
             at_cutoff = whole(vectors, true)
             rows = {n: {"held_out_pairwise_f1": round(float(np.mean([r[n] for r in per_seed])), 4),
                         "whole_pairwise_f1": round(at_cutoff[n][0], 4), "whole_groups": at_cutoff[n][1]}
-                    for n in rules}
+                    for n in groupers}
             report["cases"][f"{case} ({len(true)} photos, {len(seeds)} splits)"] = rows
         for n, r in rows.items():
             print(f"{case:28s} {n:36s} " + "  ".join(f"{k} {v}" for k, v in r.items()), flush=True)
