@@ -154,6 +154,9 @@ def group(
               f"Wrote {paths['groups']}", highlight=False)
     for s in run.skipped:
         reporter.log(f"skipped {s.rel}: {s.reason}")
+    for im in run.images:
+        if im.repaired:
+            reporter.log(f"read {im.rel} with a repair: {im.repaired}")
     if with_report:
         from ensemble_group.report import write_report
 

@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ class ImageFile:
     rel: str
     sha256: str             # hex digest of the file bytes: the embedding cache key
     size: tuple[int, int] | None = None  # (width, height) after EXIF orientation, once decoded
+    repaired: str = ""      # what was ignored to read it, as a browser would ("" = nothing)
 
 
 @dataclass(frozen=True)
@@ -170,11 +172,50 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_damaged_chunks(data: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """(the PNG without its damaged ancillary chunks, their names): what libpng and browsers do.
+
+    An ancillary chunk (colour profile, text, time...) whose CRC is wrong is dropped with a warning
+    by browsers; Pillow refuses the whole file. Only ancillary chunks are checked (no CRC over the
+    pixel data: cheap enough for the hashing pass); critical ones (IHDR, PLTE, IDAT, IEND) are left
+    as they are, so damaged or truncated pixels stay an error. Not a PNG, or nothing damaged:
+    (data, ()).
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        return data, ()
+    kept, dropped, pos = [data[:8]], [], 8
+    while pos + 12 <= len(data):
+        end = pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
+        if end > len(data):
+            break
+        kind = data[pos + 4:pos + 8]
+        ancillary = bool(kind[0] & 0x20)  # lower-case first letter (PNG spec, 5.4)
+        if ancillary and zlib.crc32(data[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            dropped.append(kind.decode("latin-1"))
+        else:
+            kept.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    if not dropped:
+        return data, ()
+    return b"".join(kept) + data[pos:], tuple(dropped)
+
+
+def repair_note(dropped: tuple[str, ...]) -> str:
+    return f"ignored damaged PNG chunk{'s' if len(dropped) > 1 else ''} {', '.join(dropped)} (bad CRC), as browsers do"
+
+
 def _decode(data: bytes) -> np.ndarray:
     """Decode file bytes -> read-only (H, W, 3) uint8 RGB, first frame/page, EXIF-oriented.
+    Damaged ancillary PNG chunks are ignored (`png_damaged_chunks`).
     Bomb warnings must already be errors (see `_bombs_are_errors`)."""
     if not data:
         raise ImageError("empty file (0 bytes)")
+    data, _ = png_damaged_chunks(data)
     fmt = "image"
     try:
         with Image.open(io.BytesIO(data), formats=_FORMATS) as im:
@@ -229,14 +270,18 @@ def _read_decode(path: Path) -> np.ndarray:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    return _inspect(path)[0]
+
+
+def _inspect(path: Path) -> tuple[str, str]:
+    """(sha256 hex digest, repair note) of one file: what hashing a folder learns without decoding."""
     try:
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+            data = f.read()
     except OSError as e:
         raise ImageError(_os_reason(e)) from None
-    return h.hexdigest()
+    dropped = png_damaged_chunks(data)[1]
+    return hashlib.sha256(data).hexdigest(), repair_note(dropped) if dropped else ""
 
 
 def _try(fn, path: Path):
@@ -252,14 +297,14 @@ def hash_folder(folder: Path, *, max_workers: int = 2) -> tuple[list[ImageFile],
     paths, skipped = scan(folder)
     root = Path(os.path.abspath(folder))
     with ThreadPoolExecutor(max(1, max_workers)) as pool:
-        hashes = list(pool.map(_try, [file_sha256] * len(paths), paths))
+        inspected = list(pool.map(_try, [_inspect] * len(paths), paths))
     images = []
-    for path, h in zip(paths, hashes):
+    for path, found in zip(paths, inspected):
         rel = path.relative_to(root).as_posix()
-        if isinstance(h, ImageError):
-            skipped.append(Skipped(rel, h.reason))
+        if isinstance(found, ImageError):
+            skipped.append(Skipped(rel, found.reason))
         else:
-            images.append(ImageFile(path, rel, h))
+            images.append(ImageFile(path, rel, found[0], repaired=found[1]))
     skipped.sort(key=lambda s: s.rel)
     return images, skipped
 
@@ -289,7 +334,7 @@ def decode_folder(folder: Path, *, max_workers: int = 2
         if isinstance(result, ImageError):
             skipped.append(Skipped(im.rel, result.reason))
         else:
-            images.append(ImageFile(im.path, im.rel, im.sha256, (result.shape[1], result.shape[0])))
+            images.append(ImageFile(im.path, im.rel, im.sha256, (result.shape[1], result.shape[0]), im.repaired))
             arrays.append(result)
     skipped.sort(key=lambda s: s.rel)
     return images, arrays, skipped

@@ -108,6 +108,7 @@ class Run:
             "versions": versions(),
             "groups": groups,
             "skipped": [{"path": display_name(s.rel), "reason": s.reason} for s in self.skipped],
+            "repaired": [{"path": display_name(im.rel), "repair": im.repaired} for im in self.images if im.repaired],
         }
 
 

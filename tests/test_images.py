@@ -176,6 +176,49 @@ def test_truncated_jpeg(tmp_path):
     assert reason(path).startswith("truncated or corrupt JPEG: ")
 
 
+def png_with_chunk(path: Path, kind: bytes, data: bytes, *, bad_crc: bool, size=(40, 30)) -> Path:
+    """A real red PNG with one extra chunk inserted after IHDR, its CRC right or wrong."""
+    buf = io.BytesIO()
+    solid(RED, size).save(buf, "PNG")
+    png = buf.getvalue()
+    crc = zlib.crc32(kind + data) ^ (0xDEADBEEF if bad_crc else 0)
+    extra = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+    path.write_bytes(png[:33] + extra + png[33:])  # 8 signature + 25 IHDR
+    return path
+
+
+def test_png_with_a_damaged_ancillary_chunk_is_read_and_reported(tmp_path):
+    # real shop files carry an iCCP profile with a bad CRC: browsers ignore the chunk, so do we
+    path = png_with_chunk(tmp_path / "a.png", b"iCCP", b"profile\0\0" + zlib.compress(b"x" * 50), bad_crc=True)
+    with pytest.raises(Exception):
+        with Image.open(path) as im:  # what Pillow alone does
+            im.load()
+    array = load(path)
+    assert array.shape == (30, 40, 3) and close(array[0, 0], RED, 0)
+    images, _, skipped = decode_folder(tmp_path)
+    assert not skipped and "iCCP" in images[0].repaired and "bad CRC" in images[0].repaired
+
+
+def test_png_repair_touches_nothing_sound(tmp_path):
+    good = png_with_chunk(tmp_path / "good.png", b"tEXt", b"k\0v", bad_crc=False)
+    images, _, skipped = decode_folder(tmp_path)
+    assert not skipped and images[0].repaired == ""
+    assert close(load(good)[5, 5], RED, 0)
+
+
+def test_png_damaged_pixels_stay_an_error(tmp_path):
+    # a bad CRC in a critical chunk (IDAT) or truncated pixel data is not repaired: skipped
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    png = bytearray(buf.getvalue())
+    at = png.index(b"IDAT")
+    png[at + 20] ^= 0xFF  # pixel bytes changed, CRC now wrong
+    (tmp_path / "crc.png").write_bytes(bytes(png))
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    images, _, skipped = decode_folder(tmp_path)
+    assert not images and [s.rel for s in skipped] == ["crc.png", "cut.png"]
+
+
 def test_random_bytes_and_text_are_not_images(tmp_path):
     (tmp_path / "noise.jpg").write_bytes(np.random.default_rng(1).bytes(5000))
     (tmp_path / "notes.png").write_text("hello, I am not a picture\n")
