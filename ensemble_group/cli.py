@@ -66,7 +66,9 @@ class CliReporter:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
     raise typer.Exit(code)
 
 
@@ -126,7 +128,7 @@ def group(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write groups.json, groups.csv, run.json and index/.")] = Path("out"),
     config: ConfigOpt = None,
     models: ModelsOpt = None,
-    cutoff: Annotated[Optional[float], typer.Option(help="Fused-distance cutoff (config's by default; lower = stricter).")] = None,
+    cutoff: Annotated[Optional[float], typer.Option(help="Fused-distance cutoff (config's by default; lower = stricter). `evaluate --oracle` shows the best one for a labelled folder.")] = None,
     k: Annotated[Optional[int], typer.Option(help="Neighbours per model per image considered for grouping.")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Grouping mode: graph (default: average linkage over the neighbour graph), average, components, mutual, or seed (the original greedy rule).")] = None,
     weights: WeightsOpt = None,
@@ -150,6 +152,7 @@ def group(
             out.print(f"group {g['id']} ({g['size']}): " + ", ".join(g["images"]), highlight=False)
     out.print(f"{len(run.images)} images -> {len(groups)} groups ({len(multi)} with 2+ images, "
               f"{len(groups) - len(multi)} singletons); {len(run.skipped)} skipped; "
+              f"cut at {run.config.cutoff:g}; "
               f"{run.timings['total']:.1f} s ({run.timings['extracted']} extracted, {run.timings['from_cache']} from the cache). "
               f"Wrote {paths['groups']}", highlight=False)
     for s in run.skipped:
@@ -291,31 +294,77 @@ def query(
 def evaluate(
     groups_json: Annotated[Path, typer.Argument(help="A groups.json written by `group`.")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="Ground truth CSV with columns image,product (paths relative to the CSV).")],
+    oracle: Annotated[bool, typer.Option("--oracle", help="Also regroup the run at every fixed cutoff (from its index/ folder, no model needed) and show the best one for these labels: what the run's own cutoff cost.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Score a grouping against ground-truth labels (ARI, NMI, pairwise and B-cubed P/R/F1, ...).
 
-    Example: [bold]ensemble-group evaluate out/groups.json --labels samples/flipkart/labels.csv[/]
+    Example: [bold]ensemble-group evaluate out/groups.json --labels samples/flipkart/labels.csv --oracle[/]
     """
     from ensemble_group.evaluation import align, read_labels, score
 
     try:
         doc = json.loads(groups_json.read_text(encoding="utf-8"))
         truth = read_labels(labels)
-        true, pred, _, info = align(doc, groups_json.parent, truth, labels.parent)
+        true, pred, images, info = align(doc, groups_json.parent, truth, labels.parent)
     except (OSError, ValueError) as e:
-        _fail(str(e), 2)
+        _fail(f"{groups_json}: {e}" if str(groups_json) not in str(e) else str(e), 2)
     scores = score(true, pred)
+    best = _oracle(groups_json, true, images) if oracle else None
     if as_json:
-        out.print_json(json.dumps({"scores": scores, "alignment": {k: v for k, v in info.items() if k != "products"}}))
+        out.print_json(json.dumps({"scores": scores, **({"oracle": best} if best else {}),
+                                   "alignment": {k: v for k, v in info.items() if k != "products"}}))
         return
-    table = Table("metric", "value")
-    for key, value in scores.items():
-        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    out.print(table)
+    if best:
+        cut = doc.get("config", {}).get("cutoff")
+        columns = {"cutoff": "cutoff", "n_pred_groups": "groups", "pairwise_precision": "pw P",
+                   "pairwise_recall": "pw R", "pairwise_f1": "pw F1", "bcubed_f1": "B3 F1"}
+        table = Table("", *columns.values())
+        table.add_row("this run", *(_cell({"cutoff": cut, **scores}[k]) for k in columns))
+        for name, row in (("best for pw F1", best["best_pairwise_f1"]), ("best for B3 F1", best["best_bcubed_f1"])):
+            table.add_row(name, *(_cell(row[k]) for k in columns))
+        out.print(table)
+    else:
+        table = Table("metric", "value")
+        for key, value in scores.items():
+            table.add_row(key, _cell(value))
+        out.print(table)
     for key in ("labelled_not_grouped", "grouped_not_labelled"):
         if info.get(f"n_{key}"):
             err.print(f"{info[f'n_{key}']} images {key.replace('_', ' ')}: {', '.join(info[key])}", highlight=False)
+
+
+def _cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _oracle(groups_json: Path, true, images: list[str]) -> dict:
+    """The best fixed cutoffs for these labels (by pairwise and by B-cubed F1), regrouping the run's
+    saved neighbour lists: {"best_pairwise_f1": row, "best_bcubed_f1": row}."""
+    import numpy as np
+
+    from ensemble_group.evaluation.compare import best, sweep
+    from ensemble_group.evaluation.metrics import n_groups
+    from ensemble_group.grouping import group_as
+    from ensemble_group.outputs import INDEX_DIR
+    from ensemble_group.pipeline import saved_neighbours
+
+    try:
+        config, fusion, neigh, indexed = saved_neighbours(groups_json.parent / INDEX_DIR)
+    except (OSError, ValueError, KeyError) as e:
+        _fail(f"--oracle needs the run's {INDEX_DIR}/ beside {groups_json}: {e}", 2)
+    position = {name: i for i, name in enumerate(indexed)}
+    missing = [im for im in images if im not in position]
+    if missing:
+        _fail(f"--oracle: {groups_json.parent / INDEX_DIR} was not built with {missing[0]!r} (and "
+              f"{len(missing) - 1} more): it belongs to another run; rerun `group`", 2)
+    select = np.array([position[im] for im in images])
+    rows = sweep(true, fusion, neigh, config, select)
+    out_rows = {}
+    for key in ("pairwise_f1", "bcubed_f1"):
+        row = best(rows, key)
+        out_rows[f"best_{key}"] = {**row, **n_groups(true, group_as(config, neigh, fusion, row["cutoff"])[select])}
+    return out_rows
 
 
 LabelsOpt = Annotated[Path, typer.Option("--labels", "-l", help="Ground truth CSV: image,product (paths relative to the CSV).")]

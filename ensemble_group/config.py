@@ -7,6 +7,7 @@ config file fails at once with the list of valid keys instead of being silently 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ FRAMINGS = ("squash", "pad", "center-crop")
 NORMALISATIONS = ("robust-z", "quantile", "none")
 POOLINGS = ("avg", "gem", "rmac")
 PRECISIONS = ("float32", "int8")
+_FLOATS = ("power", "whiten_shrink", "dba_alpha", "rerank_weight", "alone_margin")
+_INTS = ("batch_size", "n_trees", "k", "whiten_dim", "dba_k", "local_k", "rerank_k", "whiten_min", "search_k", "seed")
 
 
 class ConfigError(ValueError):
@@ -54,10 +57,20 @@ class Config:
     rerank_k: int = 20  # k-reciprocal re-ranking with neighbourhoods of this size; 0 = off
     rerank_weight: float = 1.0  # how far identical neighbourhoods pull a pair (x 5 robust-z units)
     mode: str = "graph"
-    cutoff: float = -2.0
+    cutoff: float = -2.0  # fused distance: 0 = a typical unrelated pair, lower = stricter
     alone_margin: float = 0.5  # an image left alone joins the group clearly nearest on average; 0 = off
 
     def __post_init__(self) -> None:
+        for key in _INTS:  # types first: every later check compares numbers
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{key} must be a whole number, got {value!r}")
+        for key in _FLOATS:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        if isinstance(self.cutoff, bool) or not isinstance(self.cutoff, (int, float)) or not math.isfinite(self.cutoff):
+            raise ConfigError(f"cutoff must be a finite number (e.g. -3), got {self.cutoff!r}")
         if not self.models:
             raise ConfigError("models: at least one model is needed")
         if len(set(self.models)) != len(self.models):

@@ -158,11 +158,7 @@ def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5) -> 
     best partners (exact for average linkage, and vectorised), so it scales to 100k+ images.
     """
     n = len(neigh.ids)
-    rows, cols = np.nonzero(neigh.ids >= 0)
-    a, b, w = rows, neigh.ids[rows, cols], neigh.dist[rows, cols]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    _, first = np.unique(lo.astype(np.int64) * n + hi, return_index=True)  # each pair once
-    a, b, w = lo[first], hi[first], w[first]
+    a, b, w = _listed_pairs(neigh)
     label, size = np.arange(n), np.ones(n, dtype=np.int64)
     while True:
         ca, cb = label[a], label[b]
@@ -196,6 +192,46 @@ def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5) -> 
         np.add.at(size, g, size[best[g]])
         label = remap[label]
     return canonical(label)
+
+
+def _listed_pairs(neigh: FusedNeighbours) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, w): every pair named in a neighbour list, once (a < b), with its fused distance."""
+    n = len(neigh.ids)
+    rows, cols = np.nonzero(neigh.ids >= 0)
+    a, b, w = rows, neigh.ids[rows, cols], neigh.dist[rows, cols]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    _, first = np.unique(lo.astype(np.int64) * n + hi, return_index=True)
+    return lo[first], hi[first], w[first]
+
+
+def group_margins(label: np.ndarray, neigh: FusedNeighbours, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """How sure each group is: ((g,) margin, (g,) nearest other group), g = label.max() + 1.
+
+    A group's cohesion is the mean fused distance of the listed pairs inside it (the merges it
+    accepted), its separation the lowest mean over the listed pairs to any other group (the merge
+    it refused), as graph grouping measures groups. margin = min(cutoff - cohesion, separation -
+    cutoff): how far the cutoff would have to move to change the group; small or negative means
+    "check this one". A singleton has only its separation; a group with no listed pair to any other
+    has only its cohesion (inf when it has neither). nearest: the closest other group's label (-1: none).
+    """
+    g = int(label.max()) + 1 if len(label) else 0
+    a, b, w = _listed_pairs(neigh)
+    la, lb = label[a], label[b]
+    inside = la == lb
+    count = np.bincount(la[inside], minlength=g)
+    cohesion = np.where(count > 0, np.bincount(la[inside], weights=w[inside], minlength=g) / np.maximum(count, 1), -np.inf)
+    x, y, wx = la[~inside], lb[~inside], w[~inside]
+    pair, inverse = np.unique(np.minimum(x, y).astype(np.int64) * g + np.maximum(x, y), return_inverse=True)
+    mean = np.bincount(inverse, weights=wx) / np.bincount(inverse) if len(pair) else np.zeros(0)
+    separation, nearest = np.full(g, np.inf), np.full(g, -1)
+    for ends, other in ((pair // g, pair % g), (pair % g, pair // g)):
+        order = np.lexsort((other, -mean, ends))  # per group, its nearest partner last
+        last = np.r_[ends[order][1:] != ends[order][:-1], True] if len(order) else np.zeros(0, dtype=bool)
+        e, o, m = ends[order][last], other[order][last], mean[order][last]
+        closer = m < separation[e]
+        separation[e[closer]], nearest[e[closer]] = m[closer], o[closer]
+    margin = np.minimum(cutoff - cohesion, separation - cutoff)
+    return margin, nearest
 
 
 def attach_alone(label: np.ndarray, neigh: FusedNeighbours, margin: float) -> np.ndarray:

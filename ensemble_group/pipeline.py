@@ -28,7 +28,7 @@ from ensemble_group.config import Config
 from ensemble_group.extractors import MODELS
 from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser, local_query
 from ensemble_group.features import Features, LazyExtractor, convert_ahead, extract, open_cache
-from ensemble_group.grouping import group_as
+from ensemble_group.grouping import group_as, group_margins
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RERANK_FILE, RUN_JSON, atomic_write,
@@ -74,10 +74,13 @@ class Run:
     _groups: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def groups(self) -> list[dict[str, Any]]:
-        """Groups sorted by size (largest first), each image with its mean fused distance to the rest."""
+        """Groups sorted by size (largest first), each image with its mean fused distance to the rest, and
+        each group's `confidence` (grouping.group_margins: how far the cutoff would have to move to
+        change it; None when nothing listed is near it) and its `nearest_group` (None: none listed)."""
         if self._groups is None:
             order = np.argsort(self.labels, kind="stable")
             bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
+            margin, nearest = group_margins(self.labels, self.neighbours, self.config.cutoff)
             out = []
             for members in np.split(order, bounds):
                 if len(members) > 1:
@@ -85,9 +88,15 @@ class Run:
                     dist = [round(float(x), 4) for x in d.sum(axis=1) / (len(members) - 1)]
                 else:
                     dist = [None]
-                out.append({"images": [display_name(self.images[i].rel) for i in members], "distances": dist})
+                label = self.labels[members[0]]
+                out.append({"images": [display_name(self.images[i].rel) for i in members], "distances": dist,
+                            "label": label})
             out.sort(key=lambda g: (-len(g["images"]), g["images"][0]))
-            self._groups = [{"id": i, "size": len(g["images"]), **g} for i, g in enumerate(out)]
+            group_id = {g["label"]: i for i, g in enumerate(out)}
+            self._groups = [{"id": i, "size": len(g["images"]), "images": g["images"], "distances": g["distances"],
+                             "confidence": _finite(margin[g["label"]]),
+                             "nearest_group": group_id.get(nearest[g["label"]])}
+                            for i, g in enumerate(out)]
         return self._groups
 
     def to_json(self) -> dict[str, Any]:
@@ -110,6 +119,10 @@ class Run:
             "skipped": [{"path": display_name(s.rel), "reason": s.reason} for s in self.skipped],
             "repaired": [{"path": display_name(im.rel), "repair": im.repaired} for im in self.images if im.repaired],
         }
+
+
+def _finite(x: float) -> float | None:
+    return round(float(x), 4) if np.isfinite(x) else None
 
 
 def versions() -> dict[str, str]:
@@ -306,6 +319,27 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
                                           "runtimes": run.runtimes}))
     atomic_write(out / GROUPS_JSON, to_json(doc))  # last: its presence means the run is complete
     return {"groups": out / GROUPS_JSON, "csv": out / GROUPS_CSV, "index": index_dir}
+
+
+def saved_neighbours(index_dir: Path) -> tuple[Config, Fusion, FusedNeighbours, list[str]]:
+    """A saved run's fused neighbour lists, rebuilt from its index folder (the vectors are read back
+    from the Annoy files): (its config, fusion, neighbours, image names in index order). What its
+    grouping saw, for regrouping it at other cutoffs (`evaluate --oracle`) without any model."""
+    index_dir = Path(index_dir)
+    manifest_path = index_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no saved index in {index_dir} (expected manifest.json); "
+                                "rerun `ensemble-group group` to write one")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    config = Config(**{**manifest["config"], "models": tuple(manifest["config"]["models"])})
+    indexes = {m: ModelIndex.load(index_dir / f"{m}.ann", manifest.get("index_dims", {}).get(m, MODELS[m].dim),
+                                  n_trees=config.n_trees, search_k=config.search_k, seed=config.seed)
+               for m in config.models}
+    vectors = {m: index.vectors(range(index.size)) for m, index in indexes.items()}
+    fusion = Fusion(vectors, {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in config.models},
+                    config.fusion_weights(), local_k=config.local_k, rerank_k=config.rerank_k,
+                    rerank_weight=config.rerank_weight)
+    return config, fusion, fusion.neighbours(indexes, config.k), manifest["images"]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from .outputs import atomic_write
 
 PAD, CAPTION_H, HEADER_H = 8, 14, 24   # contact-sheet geometry (pixels)
+CHECK_FIRST = 10  # the least certain groups shown first, under "Check these first"
 GREY = (200, 200, 200)
 
 CSS = """
@@ -144,6 +145,10 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     groups = sorted(data.get("groups", []), key=lambda g: (-len(g["images"]), g["id"]))
     multi = [g for g in groups if len(g["images"]) > 1]
     singles = [g for g in groups if len(g["images"]) == 1]
+    # the least certain groups of 2+ first (confidence: grouping.group_margins; absent in older files)
+    unsure = sorted((g for g in multi if g.get("confidence") is not None), key=lambda g: (g["confidence"], g["id"]))
+    check = unsure[:CHECK_FIRST]
+    rest = [g for g in multi if g not in check]
     labels = {_norm(k): v for k, v in labels.items()} if labels else None
     per_group, split = label_check(groups, labels) if labels else ({}, {})
     mixed = [g["id"] for g in groups if len(per_group.get(g["id"], ())) > 1]
@@ -186,7 +191,9 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
               f'{data.get("n_skipped", len(data.get("skipped", [])))} skipped')
     parts.append(f'<h1>ensemble-group report</h1><p class="meta"><code>{esc(root)}</code><br>{esc(counts)}</p>')
     links = " ".join(f'<a href="#g{g["id"]}">#{g["id"]} ({len(g["images"])})</a>' for g in multi)
-    nav = (f'<a href="#settings">Settings</a> · <a href="#groups">Groups ({len(multi)})</a> · '
+    nav = (f'<a href="#settings">Settings</a> · '
+           + (f'<a href="#check">Check these first ({len(check)})</a> · ' if check else "")
+           + f'<a href="#groups">Groups ({len(multi)})</a> · '
            f'<a href="#singletons">Singletons ({len(singles)})</a> · '
            f'<a href="#skipped">Skipped ({len(data.get("skipped", []))})</a>')
     if labels:
@@ -207,18 +214,29 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
         mix = ": " + ", ".join(f'<a href="#g{i}">#{i}</a>' for i in mixed) if mixed else ""
         parts.append(f'<h2 id="labels">Label check</h2><p class="summary">{_n(len(mixed), "mixed group")}{mix} · '
                      f'{_n(len(split), "split product")}</p><ul>{items}</ul>')
-    parts.append(f'<h2 id="groups">Groups ({len(multi)})</h2>')
-    for g in multi:
+    cut = cfg.get("cutoff")
+
+    def group_row(g: dict) -> str:
         c = per_group.get(g["id"], Counter())
         prods = ("<div class=\"products\">products: " + ", ".join(f"{esc(p)} ×{n}" for p, n in c.most_common())
                  + "</div>") if labels else ""
         top = c.most_common(1)[0][0] if len(c) > 1 else None  # in a mixed group, outline the others
         figs = "".join(fig(r, d, "odd" if top and labels.get(_norm(r), top) != top else "")
                        for r, d in zip(g["images"], g["distances"]))
-        parts.append(f'<div class="group{" mixed" if len(c) > 1 else ""}" id="g{g["id"]}">'
-                     f'<h3>Group {g["id"]} <span class="n">{len(g["images"])} images</span>{badges(g["id"])}</h3>'
-                     f'{prods}<div class="row">{figs}</div></div>')
+        sure = "" if g.get("confidence") is None else f'<span class="n">margin {g["confidence"]:.2f}</span>'
         log(f"group {g['id']}: {len(g['images'])} thumbnails")
+        return (f'<div class="group{" mixed" if len(c) > 1 else ""}" id="g{g["id"]}">'
+                f'<h3>Group {g["id"]} <span class="n">{len(g["images"])} images</span>{sure}{badges(g["id"])}</h3>'
+                f'{prods}<div class="row">{figs}</div></div>')
+
+    if check:
+        how = f"cut at {esc(cut)}; " if cut is not None else ""
+        parts.append(f'<h2 id="check">Check these first ({len(check)})</h2><p class="meta">{how}the groups whose '
+                     'margin is smallest: the cutoff would need to move least to merge them with their nearest '
+                     'group or to split them.</p>')
+        parts.extend(group_row(g) for g in check)
+    parts.append(f'<h2 id="groups">{"Other groups" if check else "Groups"} ({len(rest)})</h2>')
+    parts.extend(group_row(g) for g in rest)
     parts.append(f'<h2 id="singletons">Singletons ({len(singles)})</h2><div class="grid">')
     for g in singles:
         c = per_group.get(g["id"], Counter())

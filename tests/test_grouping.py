@@ -164,3 +164,33 @@ def test_group_applies_the_lone_image_rule_after_any_mode():
     rows = [[(1, -4.0), (2, -2.0)], [(0, -4.0), (2, -1.9)], [(0, -2.0), (1, -1.9)]]
     assert group(lists(rows), None, "graph", -3.0, 2).tolist() == [0, 0, 1]
     assert group(lists(rows), None, "graph", -3.0, 2, alone_margin=0.5).tolist() == [0, 0, 0]
+
+
+def test_group_margins_measure_how_far_the_cutoff_would_have_to_move():
+    from ensemble_group.fusion import FusedNeighbours
+    from ensemble_group.grouping import group_margins
+
+    # images 0-1 one group (pair at -5), 2-3 another (-4), 4 alone; 1-2 listed at -1.5, 3-4 at -0.5
+    ids = np.array([[1, -1], [0, 2], [3, 1], [2, 4], [3, -1]])
+    dist = np.array([[-5.0, np.inf], [-5.0, -1.5], [-4.0, -1.5], [-4.0, -0.5], [-0.5, np.inf]])
+    label = np.array([0, 0, 1, 1, 2])
+    margin, nearest = group_margins(label, FusedNeighbours(ids, dist), cutoff=-2.0)
+    # group 0: cohesion -5 (3 from the cutoff), nearest group 1 at -1.5 (0.5 from it): 0.5
+    # group 1: cohesion -4 (2), nearest: group 0 at -1.5 (0.5), group 2 at -0.5: 0.5
+    # group 2: a singleton, nearest group 1 at -0.5: 1.5
+    assert np.allclose(margin, [0.5, 0.5, 1.5]) and list(nearest) == [1, 0, 1]
+    # a group whose own pairs are above the cutoff has a negative margin: check it first
+    margin, _ = group_margins(np.array([0, 1, 1, 2, 2]), FusedNeighbours(ids, dist), cutoff=-2.0)
+    # {1, 2}: its own pair at -1.5 (-0.5), but 0-1 at -5 was refused (-3); {3, 4}: -0.5 (-1.5), 2-3 at -4 (-2)
+    assert np.allclose(margin, [-3.0, -3.0, -2.0])
+
+
+def test_group_margins_of_a_group_with_no_listed_pair_outside():
+    from ensemble_group.fusion import FusedNeighbours
+    from ensemble_group.grouping import group_margins
+
+    ids, dist = np.array([[1], [0]]), np.array([[-3.0], [-3.0]])
+    margin, nearest = group_margins(np.array([0, 0]), FusedNeighbours(ids, dist), cutoff=-2.0)
+    assert np.allclose(margin, [1.0]) and list(nearest) == [-1]
+    margin, nearest = group_margins(np.array([0]), FusedNeighbours(np.zeros((1, 0), int), np.zeros((1, 0))), -2.0)
+    assert np.isinf(margin[0]) and list(nearest) == [-1]

@@ -150,11 +150,14 @@ def cutoff_grid(neigh: FusedNeighbours, steps: int = 60) -> np.ndarray:
     return np.unique(np.quantile(d, np.linspace(0.0, 0.6, steps)))
 
 
-def sweep(true: np.ndarray, fusion: Fusion, neigh: FusedNeighbours, cfg: Config) -> list[dict[str, float]]:
-    """Pairwise and B-cubed P/R/F1 of the grouping at each candidate cutoff (see `neighbours_for`)."""
+def sweep(true: np.ndarray, fusion: Fusion, neigh: FusedNeighbours, cfg: Config,
+          select: np.ndarray | None = None) -> list[dict[str, float]]:
+    """Pairwise and B-cubed P/R/F1 of the grouping at each candidate cutoff (see `neighbours_for`);
+    with `select`, only those images are scored (true[t] labels image select[t]) though all are grouped."""
     rows = []
     for c in cutoff_grid(neigh):
         pred = group_as(cfg, neigh, fusion, float(c))
+        pred = pred if select is None else pred[select]
         rows.append({"cutoff": float(c), **pairwise_prf(true, pred), **bcubed(true, pred)})
     return rows
 
