@@ -4,7 +4,7 @@ For every folder the engine groups it as `ensemble-group group DIR` would with t
 labels touched), scores the grouping whole, and puts it beside the oracle: the best fixed cutoff for
 that very folder, chosen with its labels (the sweep of `tune` and `evaluate --oracle`). Beside them,
 the label-free rules for choosing a cutoff per folder that were measured as candidates for a default
-(`RULES`; none of them beat the fixed -2 overall: benchmarks/README.md "Transfer"). Vectors come from
+(`RULES`, the engine's `cutoff = "auto"` among them: benchmarks/README.md "Transfer"). Vectors come from
 the embedding cache (extracted once per set).
 
 Folders: the sample; grocery drawn at 240 photos (24 products x 10, three draws), labels-810,
@@ -51,9 +51,11 @@ def lookalike_rule(fusion, neigh, config, grid) -> float:
     return -2.0 if len(d) < 50 else min(-2.0, float(np.quantile(d, 0.1)))
 
 
-def nearest_scale_rule(fusion, neigh, config, grid) -> float:
-    """0.4 x the median distance of an image to its nearest: the cut scales with the folder's spread."""
-    return 0.4 * float(np.median(neigh.dist[:, 0])) if neigh.dist.shape[1] else -2.0
+def auto_rule(fusion, neigh, config, grid) -> float:
+    """The engine's `cutoff = "auto"`: 0.4 x the median nearest-neighbour distance (autocut.py)."""
+    from ensemble_group.autocut import auto_cutoff
+
+    return auto_cutoff(neigh)[0]
 
 
 def modularity_rule(fusion, neigh, config, grid) -> float:
@@ -78,8 +80,7 @@ def modularity_rule(fusion, neigh, config, grid) -> float:
     return float(max(grid, key=lambda c: (q(group_as(config, neigh, fusion, float(c))), -c)))
 
 
-RULES = {"look-alike quantile": lookalike_rule, "0.4 x nearest": nearest_scale_rule,
-         "modularity": modularity_rule}
+RULES = {"auto (0.4 x nearest)": auto_rule, "look-alike quantile": lookalike_rule, "modularity": modularity_rule}
 
 
 def draw(true: np.ndarray, products: int, photos: tuple[int, int], seed: int) -> np.ndarray:

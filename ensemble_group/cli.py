@@ -103,6 +103,16 @@ def _config(config: Optional[Path], models: Optional[str], weights: Optional[lis
         _fail(str(e), 2)
 
 
+def _cutoff_arg(cutoff: Optional[str]) -> float | str | None:
+    """--cutoff as given: a number or "auto" (a usage error otherwise)."""
+    if cutoff is None or cutoff.strip().lower() == "auto":
+        return cutoff and "auto"
+    try:
+        return float(cutoff)
+    except ValueError:
+        _fail(f"--cutoff must be a number such as -3 or 'auto', got {cutoff!r}", 2)
+
+
 def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache):
     """Check the output folder first (before the slow part), run the pipeline, write the results."""
     from ensemble_group.outputs import OutputExists, check_out_dir
@@ -128,7 +138,7 @@ def group(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write groups.json, groups.csv, run.json and index/.")] = Path("out"),
     config: ConfigOpt = None,
     models: ModelsOpt = None,
-    cutoff: Annotated[Optional[float], typer.Option(help="Fused-distance cutoff (config's by default; lower = stricter). `evaluate --oracle` shows the best one for a labelled folder.")] = None,
+    cutoff: Annotated[Optional[str], typer.Option(help="Fused-distance cutoff: a number (lower = stricter) or 'auto' (scaled to this folder: for catalogue photos, a few per product). Config's by default; `evaluate --oracle` shows the best for a labelled folder.")] = None,
     k: Annotated[Optional[int], typer.Option(help="Neighbours per model per image considered for grouping.")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Grouping mode: graph (default: average linkage over the neighbour graph), average, components, mutual, or seed (the original greedy rule).")] = None,
     weights: WeightsOpt = None,
@@ -142,7 +152,7 @@ def group(
 
     Example: [bold]ensemble-group group samples/flipkart --config configs/offline.toml --out out/[/]
     """
-    cfg = _config(config, models, weights, random_weights, cutoff=cutoff, k=k, mode=mode)
+    cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode)
     reporter = CliReporter(quiet, verbose, progress)
     run, paths = _run_and_write(folder, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache))
     groups = run.groups()
@@ -152,7 +162,7 @@ def group(
             out.print(f"group {g['id']} ({g['size']}): " + ", ".join(g["images"]), highlight=False)
     out.print(f"{len(run.images)} images -> {len(groups)} groups ({len(multi)} with 2+ images, "
               f"{len(groups) - len(multi)} singletons); {len(run.skipped)} skipped; "
-              f"cut at {run.config.cutoff:g}; "
+              f"cut at {run.cutoff()[0]:.2f} ({run.cutoff()[1]['rule']}); "
               f"{run.timings['total']:.1f} s ({run.timings['extracted']} extracted, {run.timings['from_cache']} from the cache). "
               f"Wrote {paths['groups']}", highlight=False)
     for s in run.skipped:
@@ -316,7 +326,7 @@ def evaluate(
                                    "alignment": {k: v for k, v in info.items() if k != "products"}}))
         return
     if best:
-        cut = doc.get("config", {}).get("cutoff")
+        cut = doc.get("cutoff", {}).get("value", doc.get("config", {}).get("cutoff"))
         columns = {"cutoff": "cutoff", "n_pred_groups": "groups", "pairwise_precision": "pw P",
                    "pairwise_recall": "pw R", "pairwise_f1": "pw F1", "bcubed_f1": "B3 F1"}
         table = Table("", *columns.values())

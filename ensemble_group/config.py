@@ -57,7 +57,7 @@ class Config:
     rerank_k: int = 20  # k-reciprocal re-ranking with neighbourhoods of this size; 0 = off
     rerank_weight: float = 1.0  # how far identical neighbourhoods pull a pair (x 5 robust-z units)
     mode: str = "graph"
-    cutoff: float = -2.0  # fused distance: 0 = a typical unrelated pair, lower = stricter
+    cutoff: float | str = -2.0  # fused distance (0 = a typical unrelated pair, lower = stricter), or "auto"
     alone_margin: float = 0.5  # an image left alone joins the group clearly nearest on average; 0 = off
 
     def __post_init__(self) -> None:
@@ -69,8 +69,9 @@ class Config:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        if isinstance(self.cutoff, bool) or not isinstance(self.cutoff, (int, float)) or not math.isfinite(self.cutoff):
-            raise ConfigError(f"cutoff must be a finite number (e.g. -3), got {self.cutoff!r}")
+        if self.cutoff != "auto" and (isinstance(self.cutoff, bool) or not isinstance(self.cutoff, (int, float))
+                                      or not math.isfinite(self.cutoff)):
+            raise ConfigError(f"cutoff must be a finite number (e.g. -3) or \"auto\", got {self.cutoff!r}")
         if not self.models:
             raise ConfigError("models: at least one model is needed")
         if len(set(self.models)) != len(self.models):

@@ -35,6 +35,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
+from ensemble_group.autocut import resolve_cutoff
 from ensemble_group.config import Config
 from ensemble_group.fusion import FusedNeighbours, Fusion
 
@@ -293,6 +294,8 @@ def group(neigh: FusedNeighbours, fusion: Fusion, mode: str, cutoff: float, k: i
 
 
 def group_as(config: Config, neigh: FusedNeighbours, fusion: Fusion, cutoff: float | None = None) -> np.ndarray:
-    """`group` with a config's grouping settings (mode, k, alone_margin); `cutoff` overrides the config's."""
-    return group(neigh, fusion, config.mode, config.cutoff if cutoff is None else cutoff, config.k,
-                 config.alone_margin)
+    """`group` with a config's grouping settings (mode, k, alone_margin); `cutoff` overrides the config's
+    (which may be "auto": autocut.resolve_cutoff reads it off `neigh`)."""
+    if cutoff is None:
+        cutoff = resolve_cutoff(config.cutoff, neigh)[0]
+    return group(neigh, fusion, config.mode, cutoff, config.k, config.alone_margin)

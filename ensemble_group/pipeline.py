@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ensemble_group import __version__, lite
+from ensemble_group.autocut import resolve_cutoff
 from ensemble_group.config import Config
 from ensemble_group.extractors import MODELS
 from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser, local_query
@@ -73,6 +74,10 @@ class Run:
     runtimes: dict[str, str] = field(default_factory=dict)  # model -> what extracted with it (absent: all cached)
     _groups: list[dict[str, Any]] | None = field(default=None, repr=False)
 
+    def cutoff(self) -> tuple[float, dict[str, Any]]:
+        """The cutoff the groups were cut at, and how it was chosen (the config's, or read off the folder)."""
+        return resolve_cutoff(self.config.cutoff, self.neighbours)
+
     def groups(self) -> list[dict[str, Any]]:
         """Groups sorted by size (largest first), each image with its mean fused distance to the rest, and
         each group's `confidence` (grouping.group_margins: how far the cutoff would have to move to
@@ -80,7 +85,7 @@ class Run:
         if self._groups is None:
             order = np.argsort(self.labels, kind="stable")
             bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
-            margin, nearest = group_margins(self.labels, self.neighbours, self.config.cutoff)
+            margin, nearest = group_margins(self.labels, self.neighbours, self.cutoff()[0])
             out = []
             for members in np.split(order, bounds):
                 if len(members) > 1:
@@ -114,6 +119,7 @@ class Run:
             "models": [{"name": m, "weights_id": w.id, "dim": MODELS[m].dim, "input_size": MODELS[m].input_size}
                        for m, w in self.weights.items()],
             "normalisers": {m: n.to_dict() for m, n in self.fusion.normalisers.items()},
+            "cutoff": {"value": round(self.cutoff()[0], 4), **self.cutoff()[1]},
             "versions": versions(),
             "groups": groups,
             "skipped": [{"path": display_name(s.rel), "reason": s.reason} for s in self.skipped],

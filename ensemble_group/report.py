@@ -214,7 +214,7 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
         mix = ": " + ", ".join(f'<a href="#g{i}">#{i}</a>' for i in mixed) if mixed else ""
         parts.append(f'<h2 id="labels">Label check</h2><p class="summary">{_n(len(mixed), "mixed group")}{mix} · '
                      f'{_n(len(split), "split product")}</p><ul>{items}</ul>')
-    cut = cfg.get("cutoff")
+    cut = data.get("cutoff", {}).get("value", cfg.get("cutoff"))
 
     def group_row(g: dict) -> str:
         c = per_group.get(g["id"], Counter())
@@ -230,7 +230,7 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
                 f'{prods}<div class="row">{figs}</div></div>')
 
     if check:
-        how = f"cut at {esc(cut)}; " if cut is not None else ""
+        how = f"cut at {cut:.2f}; " if isinstance(cut, (int, float)) else ""
         parts.append(f'<h2 id="check">Check these first ({len(check)})</h2><p class="meta">{how}the groups whose '
                      'margin is smallest: the cutoff would need to move least to merge them with their nearest '
                      'group or to split them.</p>')

@@ -113,6 +113,22 @@ def test_evaluate_oracle_without_an_index_says_what_to_do(sample_run, tmp_path):
     assert result.exit_code == 2 and "--oracle needs the run's index/" in result.output
 
 
+def test_cutoff_auto_scales_the_cut_to_the_folder_and_says_so(sample_run, tmp_path):
+    result = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp_path / "out", "--cache-file",
+                    sample_run / "emb.sqlite", "--cutoff", "auto")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "out" / "groups.json").read_text())
+    cut = doc["cutoff"]
+    assert cut["rule"] == "auto" and cut["value"] == pytest.approx(0.4 * cut["nearest_median"], abs=1e-3)
+    assert cut["value"] < -2 and f"cut at {cut['value']:.2f} (auto)" in result.output
+    true, pred, _, _ = align(doc, None, read_labels(SAMPLE / "labels.csv"), SAMPLE)
+    assert score(true, pred)["ari"] == 1.0  # the six products here too
+    fixed = json.loads((sample_run / "out" / "groups.json").read_text())["cutoff"]
+    assert fixed == {"value": -2.0, "rule": "fixed"}
+    bad = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp_path / "o2", "--cutoff", "strict")
+    assert bad.exit_code == 2 and "--cutoff must be a number such as -3 or 'auto'" in bad.output
+
+
 def test_one_model_alone_and_new_or_renamed_files(tmp_path, weights_cache):
     folder = tmp_path / "photos"
     shutil.copytree(SAMPLE / "images", folder)

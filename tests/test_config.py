@@ -55,6 +55,12 @@ def test_bad_values(change, message):
         Config().replace(**change)
 
 
+def test_cutoff_takes_a_number_or_auto():
+    assert Config().cutoff == -2.0 and Config().replace(cutoff="auto").cutoff == "auto"
+    with pytest.raises(ConfigError, match="or \"auto\", got 'Auto!'"):
+        Config().replace(cutoff="Auto!")
+
+
 def test_non_finite_values_never_reach_a_json_output(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[fusion]\nrerank_weight = nan\n")
