@@ -52,7 +52,7 @@ def lookalike_rule(fusion, neigh, config, grid) -> float:
 
 
 def auto_rule(fusion, neigh, config, grid) -> float:
-    """The engine's `cutoff = "auto"`: 0.4 x the median nearest-neighbour distance (autocut.py)."""
+    """The engine's `cutoff = "auto"`: min(-2, 0.2 x the median nearest-neighbour distance) (autocut.py)."""
     from ensemble_group.autocut import auto_cutoff
 
     return auto_cutoff(neigh)[0]
@@ -80,7 +80,7 @@ def modularity_rule(fusion, neigh, config, grid) -> float:
     return float(max(grid, key=lambda c: (q(group_as(config, neigh, fusion, float(c))), -c)))
 
 
-RULES = {"auto (0.4 x nearest)": auto_rule, "look-alike quantile": lookalike_rule, "modularity": modularity_rule}
+RULES = {"auto": auto_rule, "0.4 x nearest": lambda fusion, neigh, config, grid: 0.4 * float(np.median(neigh.dist[:, 0])), "look-alike quantile": lookalike_rule, "modularity": modularity_rule}
 
 
 def draw(true: np.ndarray, products: int, photos: tuple[int, int], seed: int) -> np.ndarray:

@@ -57,7 +57,7 @@ class Config:
     rerank_k: int = 20  # k-reciprocal re-ranking with neighbourhoods of this size; 0 = off
     rerank_weight: float = 1.0  # how far identical neighbourhoods pull a pair (x 5 robust-z units)
     mode: str = "graph"
-    cutoff: float | str = -2.0  # fused distance (0 = a typical unrelated pair, lower = stricter), or "auto"
+    cutoff: float | str = "auto"  # "auto": scaled to the folder (autocut.py); or a fused distance, lower = stricter
     alone_margin: float = 0.5  # an image left alone joins the group clearly nearest on average; 0 = off
 
     def __post_init__(self) -> None:
@@ -72,6 +72,9 @@ class Config:
         if self.cutoff != "auto" and (isinstance(self.cutoff, bool) or not isinstance(self.cutoff, (int, float))
                                       or not math.isfinite(self.cutoff)):
             raise ConfigError(f"cutoff must be a finite number (e.g. -3) or \"auto\", got {self.cutoff!r}")
+        if self.cutoff == "auto" and self.normalisation == "none":
+            raise ConfigError('cutoff "auto" works on the normalised fused scale: with normalisation = "none" '
+                              "give a number (a raw angular distance, e.g. 0.6)")
         if not self.models:
             raise ConfigError("models: at least one model is needed")
         if len(set(self.models)) != len(self.models):

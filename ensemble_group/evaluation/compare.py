@@ -94,7 +94,8 @@ def default_arms(config: Config, original_model: str) -> list[Arm]:
     if postprocessed or config.mode != "average":
         arms.append(Arm("ensemble, plain: average pooling, no post-processing, connected components",
                         config.models, AVERAGE_POOLING + BASELINE + (("mode", "components"),)))
-    seed_rule = AVERAGE_POOLING + BASELINE + (("mode", "seed"), ("normalisation", "none"), ("k", 5))
+    seed_rule = AVERAGE_POOLING + BASELINE + (("mode", "seed"), ("normalisation", "none"), ("k", 5),
+                                              ("cutoff", SEED_CUTOFF))
     arms += [Arm(f"original: {original_model}, seed rule, cutoff 0.60", (original_model,), seed_rule, SEED_CUTOFF),
              Arm(f"original: {original_model}, seed rule, tuned cutoff", (original_model,), seed_rule)]
     arms += [Arm(f"{h}, same grouper", (h,), BASELINE) for h in HASH_METHODS]
