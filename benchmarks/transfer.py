@@ -1,11 +1,11 @@
 """Transfer: the default grouping of whole folders nobody labelled, beside the best fixed cutoff for each.
 
 For every folder the engine groups it as `ensemble-group group DIR` would with the config as it is (no
-labels touched), scores the grouping whole, and puts it beside the oracle: the best fixed cutoff for
-that very folder, chosen with its labels (the sweep of `tune` and `evaluate --oracle`). Beside them,
-the label-free rules for choosing a cutoff per folder that were measured as candidates for a default
-(`RULES`, the engine's `cutoff = "auto"` among them: benchmarks/README.md "Transfer"). Vectors come from
-the embedding cache (extracted once per set).
+labels touched; `cutoff = "auto"` by default), scores the grouping whole, and puts it beside the
+oracle: the best fixed cutoff for that very folder, chosen with its labels (the sweep of `tune` and
+`evaluate --oracle`). Beside them, the fixed -2 (the default before "auto") and the other label-free
+rules measured as candidates (`RULES`: benchmarks/README.md "Transfer"). Vectors come from the
+embedding cache (extracted once per set).
 
 Folders: the sample; grocery drawn at 240 photos (24 products x 10, three draws), labels-810,
 labels-packages, all 5,502; grocery's coarse classes with 3+ products (every photo looks alike: the
@@ -51,13 +51,6 @@ def lookalike_rule(fusion, neigh, config, grid) -> float:
     return -2.0 if len(d) < 50 else min(-2.0, float(np.quantile(d, 0.1)))
 
 
-def auto_rule(fusion, neigh, config, grid) -> float:
-    """The engine's `cutoff = "auto"`: min(-2, 0.2 x the median nearest-neighbour distance) (autocut.py)."""
-    from ensemble_group.autocut import auto_cutoff
-
-    return auto_cutoff(neigh)[0]
-
-
 def modularity_rule(fusion, neigh, config, grid) -> float:
     """The cutoff whose grouping has the highest modularity (resolution 4) on the 3-nearest-neighbour
     graph: rank-based, so blind to the scale of the distances."""
@@ -80,7 +73,16 @@ def modularity_rule(fusion, neigh, config, grid) -> float:
     return float(max(grid, key=lambda c: (q(group_as(config, neigh, fusion, float(c))), -c)))
 
 
-RULES = {"auto": auto_rule, "0.4 x nearest": lambda fusion, neigh, config, grid: 0.4 * float(np.median(neigh.dist[:, 0])), "look-alike quantile": lookalike_rule, "modularity": modularity_rule}
+def scaled(share: float, cap: bool = True):
+    """min(-2, share x the median nearest-neighbour distance) (the engine's "auto" is share 0.2), or uncapped."""
+    def rule(fusion, neigh, config, grid) -> float:
+        c = share * float(np.median(neigh.dist[:, 0])) if neigh.dist.shape[1] else -2.0
+        return min(-2.0, c) if cap else c
+    return rule
+
+
+RULES = {"fixed -2": lambda fusion, neigh, config, grid: -2.0, "min(-2, 0.3 x nearest)": scaled(0.3),
+         "0.4 x nearest": scaled(0.4, cap=False), "look-alike quantile": lookalike_rule, "modularity": modularity_rule}
 
 
 def draw(true: np.ndarray, products: int, photos: tuple[int, int], seed: int) -> np.ndarray:
@@ -132,6 +134,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="results file name (default transfer-<config>.json)")
     args = parser.parse_args()
 
+    from ensemble_group.autocut import resolve_cutoff
     from ensemble_group.config import load_config
     from ensemble_group.evaluation.compare import best, cutoff_grid, labelled_features, sweep
     from ensemble_group.evaluation.metrics import bcubed, n_groups, pairwise_prf
@@ -153,7 +156,8 @@ def main() -> None:
             fusion = Fusion.for_config(prepared, config)
             neigh = fusion.neighbours(build_indexes(prepared, config), config.k)
             scored = lambda pred: {**pairwise_prf(true, pred), **bcubed(true, pred), **n_groups(true, pred)}  # noqa: E731
-            default = scored(group_as(config, neigh, fusion))  # exactly what `group` gives: no label read
+            cut, how = resolve_cutoff(config.cutoff, neigh)  # exactly what `group` does: no label read
+            default = {"cutoff": round(cut, 3), **how, **scored(group_as(config, neigh, fusion, cut))}
             rules = {}
             for rule, choose in ({} if args.no_rules else RULES).items():
                 c = choose(fusion, neigh, config, cutoff_grid(neigh))  # label-free too
@@ -164,7 +168,7 @@ def main() -> None:
                    "default": default, "rules": rules, "oracle_pairwise": oracle_pw, "oracle_bcubed": oracle_b3,
                    "seconds": round(time.perf_counter() - t0, 2)}
             rows.append(row)
-            print(f"{folder:38s} {len(idx):5d} img  default: pw F1 {default['pairwise_f1']:.3f} (oracle "
+            print(f"{folder:38s} {len(idx):5d} img  default {cut:.2f}: pw F1 {default['pairwise_f1']:.3f} (oracle "
                   f"{oracle_pw['pairwise_f1']:.3f} at {oracle_pw['cutoff']:.2f})  B3 {default['bcubed_f1']:.3f} (oracle "
                   f"{oracle_b3['bcubed_f1']:.3f} at {oracle_b3['cutoff']:.2f})  "
                   + "  ".join(f"{k} {v['cutoff']:.2f}: {v['pairwise_f1']:.3f}/{v['bcubed_f1']:.3f}" for k, v in rules.items()),
@@ -188,6 +192,7 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "default_pairwise_f1": mean(lambda r: r["default"]["pairwise_f1"]),
                     "default_bcubed_f1": mean(lambda r: r["default"]["bcubed_f1"]),
                     "default_pairwise_precision": mean(lambda r: r["default"]["pairwise_precision"]),
+                    "default_cutoff": mean(lambda r: r["default"]["cutoff"]),
                     "oracle_pairwise_f1": mean(lambda r: r["oracle_pairwise"]["pairwise_f1"]),
                     "oracle_bcubed_f1": mean(lambda r: r["oracle_bcubed"]["bcubed_f1"]),
                     "oracle_cutoff": mean(lambda r: r["oracle_pairwise"]["cutoff"]),
@@ -202,11 +207,12 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def table(summary: list[dict], rules: list[str]) -> list[str]:
     """The Markdown table of benchmarks/README.md: pairwise F1 / B-cubed F1 per family of folders."""
-    head = ["folders", "n", "default (pw / B3)", "oracle (pw / B3)", "oracle cutoff (mean)", "default's pw precision",
-            "worst default/oracle (pw, B3)", *rules]
+    head = ["folders", "n", "default cutoff (mean)", "default (pw / B3)", "oracle (pw / B3)", "oracle cutoff (mean)",
+            "default's pw precision", "worst default/oracle (pw, B3)", *rules]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
-        cells = [s["family"], str(s["folders"]), f"**{s['default_pairwise_f1']:.3f} / {s['default_bcubed_f1']:.3f}**",
+        cells = [s["family"], str(s["folders"]), f"{s['default_cutoff']:.2f}",
+                 f"**{s['default_pairwise_f1']:.3f} / {s['default_bcubed_f1']:.3f}**",
                  f"{s['oracle_pairwise_f1']:.3f} / {s['oracle_bcubed_f1']:.3f}", f"{s['oracle_cutoff']:.2f}",
                  f"{s['default_pairwise_precision']:.3f}", f"{s['worst_pairwise_ratio']:.2f}, {s['worst_bcubed_ratio']:.2f}",
                  *(f"{s['rules'][r]['pairwise_f1']:.3f} / {s['rules'][r]['bcubed_f1']:.3f}" for r in rules)]

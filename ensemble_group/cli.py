@@ -105,8 +105,10 @@ def _config(config: Optional[Path], models: Optional[str], weights: Optional[lis
 
 def _cutoff_arg(cutoff: Optional[str]) -> float | str | None:
     """--cutoff as given: a number or "auto" (a usage error otherwise)."""
-    if cutoff is None or cutoff.strip().lower() == "auto":
-        return cutoff and "auto"
+    if cutoff is None:
+        return None
+    if cutoff.strip().lower() == "auto":
+        return "auto"
     try:
         return float(cutoff)
     except ValueError:
@@ -121,8 +123,10 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
 
     try:
         check_out_dir(out_dir, folder, force)
-    except (OutputExists, ValueError) as e:
+    except OutputExists as e:
         _fail(str(e))
+    except ValueError as e:  # a usage error: --out inside the input, or not writable
+        _fail(str(e), 2)
     try:
         run = group_folder(folder, cfg, reporter=reporter, cache_file=cache)
     except (WeightsNotFound, NothingToGroup) as e:
@@ -155,14 +159,14 @@ def group(
     cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode)
     reporter = CliReporter(quiet, verbose, progress)
     run, paths = _run_and_write(folder, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache))
-    groups = run.groups()
+    groups, (cut, how) = run.groups(), run.cutoff()
     multi = [g for g in groups if g["size"] > 1]
     if not quiet:
         for g in multi:
             out.print(f"group {g['id']} ({g['size']}): " + ", ".join(g["images"]), highlight=False)
     out.print(f"{len(run.images)} images -> {len(groups)} groups ({len(multi)} with 2+ images, "
               f"{len(groups) - len(multi)} singletons); {len(run.skipped)} skipped; "
-              f"cut at {run.cutoff()[0]:.2f} ({run.cutoff()[1]['rule']}); "
+              f"cut at {cut:.2f} ({how['rule']}); "
               f"{run.timings['total']:.1f} s ({run.timings['extracted']} extracted, {run.timings['from_cache']} from the cache). "
               f"Wrote {paths['groups']}", highlight=False)
     for s in run.skipped:

@@ -43,7 +43,9 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 
 def check_out_dir(out: Path, input_dir: Path, force: bool) -> None:
-    """Refuse to overwrite earlier results, or to write inside the input folder."""
+    """Before any slow work: refuse to write inside the input folder (ValueError), to overwrite earlier
+    results without `force` (OutputExists), or a folder that cannot be created or written (ValueError:
+    a file in its place, a read-only file system...). Creates the folder if it is missing."""
     out_r, in_r = out.resolve(), input_dir.resolve()
     if out_r == in_r or in_r in out_r.parents:
         raise ValueError(f"the output folder {out} is inside the input folder {input_dir}; "
@@ -52,6 +54,13 @@ def check_out_dir(out: Path, input_dir: Path, force: bool) -> None:
     if existing and not force:
         raise OutputExists(f"{out} already holds {', '.join(existing)}; pass --force to replace them "
                            "or choose a fresh --out folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.", suffix=".part")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write to the output folder {out}: {e.strerror or e}; choose another --out") from None
 
 
 def to_json(data: dict[str, Any]) -> str:

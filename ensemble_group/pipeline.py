@@ -107,7 +107,7 @@ class Run:
     def to_json(self) -> dict[str, Any]:
         """The groups.json document: deterministic for the same images and settings (where the weights
         were found, and timings, go to run.json: they vary between identical runs)."""
-        groups = self.groups()
+        groups, (cut, how) = self.groups(), self.cutoff()
         return {
             "tool": "ensemble-group",
             "version": __version__,
@@ -119,7 +119,7 @@ class Run:
             "models": [{"name": m, "weights_id": w.id, "dim": MODELS[m].dim, "input_size": MODELS[m].input_size}
                        for m, w in self.weights.items()],
             "normalisers": {m: n.to_dict() for m, n in self.fusion.normalisers.items()},
-            "cutoff": {"value": round(self.cutoff()[0], 4), **self.cutoff()[1]},
+            "cutoff": {"value": round(cut, 4), **how},
             "versions": versions(),
             "groups": groups,
             "skipped": [{"path": display_name(s.rel), "reason": s.reason} for s in self.skipped],
@@ -327,17 +327,24 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     return {"groups": out / GROUPS_JSON, "csv": out / GROUPS_CSV, "index": index_dir}
 
 
+def read_manifest(index_dir: Path) -> tuple[Path, dict[str, Any], Config]:
+    """(the index folder, its manifest, the run's config) from an index folder or the `--out` above it."""
+    index_dir = Path(index_dir)
+    if (index_dir / INDEX_DIR).is_dir():
+        index_dir = index_dir / INDEX_DIR
+    manifest_path = index_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no saved index in {index_dir} (expected manifest.json); "
+                                "build one with `ensemble-group group` or `ensemble-group index`")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    return index_dir, manifest, Config(**{**manifest["config"], "models": tuple(manifest["config"]["models"])})
+
+
 def saved_neighbours(index_dir: Path) -> tuple[Config, Fusion, FusedNeighbours, list[str]]:
     """A saved run's fused neighbour lists, rebuilt from its index folder (the vectors are read back
     from the Annoy files): (its config, fusion, neighbours, image names in index order). What its
     grouping saw, for regrouping it at other cutoffs (`evaluate --oracle`) without any model."""
-    index_dir = Path(index_dir)
-    manifest_path = index_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"no saved index in {index_dir} (expected manifest.json); "
-                                "rerun `ensemble-group group` to write one")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    config = Config(**{**manifest["config"], "models": tuple(manifest["config"]["models"])})
+    index_dir, manifest, config = read_manifest(index_dir)
     indexes = {m: ModelIndex.load(index_dir / f"{m}.ann", manifest.get("index_dims", {}).get(m, MODELS[m].dim),
                                   n_trees=config.n_trees, search_k=config.search_k, seed=config.seed)
                for m in config.models}
@@ -356,15 +363,7 @@ class QueryResult:
 
 def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter: Reporter = Reporter()) -> QueryResult:
     """Nearest indexed images (and their groups) for one outside photo, from a saved index folder."""
-    index_dir = Path(index_dir)
-    if (index_dir / INDEX_DIR).is_dir():
-        index_dir = index_dir / INDEX_DIR
-    manifest_path = index_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"no saved index in {index_dir} (expected manifest.json); "
-                                "build one with `ensemble-group group` or `ensemble-group index`")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    config = Config(**{**manifest["config"], "models": tuple(manifest["config"]["models"])})
+    index_dir, manifest, config = read_manifest(index_dir)
     k = k or config.k
     weights = resolve_weights(config, reporter)
     for m in manifest["models"]:

@@ -170,7 +170,19 @@ def test_usage_errors_exit_2_and_failed_runs_exit_1(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     result = invoke("group", tmp_path / "empty", "--config", OFFLINE, "--out", tmp_path / "o")
     assert result.exit_code == 1 and "no readable image" in result.output
-    assert invoke("group", SAMPLE, "--out", SAMPLE / "out").exit_code == 1  # never inside the input
+    inside = invoke("group", SAMPLE, "--out", SAMPLE / "out")  # never inside the input: a usage error
+    assert inside.exit_code == 2 and "inside the input folder" in inside.output
+
+
+@pytest.mark.parametrize("where", ["file", "under-file", "proc"])
+def test_an_unwritable_out_fails_at_once_with_one_line(tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    out = {"file": tmp_path / "afile", "under-file": tmp_path / "afile" / "out", "proc": Path("/proc/ensemble-out")}[where]
+    started = time.perf_counter()
+    result = invoke("group", SAMPLE, "--config", OFFLINE, "--out", out, "--no-cache")
+    assert result.exit_code == 2 and "cannot write to the output folder" in result.output
+    assert "Traceback" not in result.output and time.perf_counter() - started < 20  # before any extraction
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_default_config_without_keras_weights_stops_quickly_and_explains(tmp_path, monkeypatch):
