@@ -317,12 +317,12 @@ def evaluate(
     """
     from ensemble_group.evaluation import align, read_labels, score
 
+    doc = _read_input(groups_json, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    truth = _read_input(labels, read_labels)
     try:
-        doc = json.loads(groups_json.read_text(encoding="utf-8"))
-        truth = read_labels(labels)
         true, pred, images, info = align(doc, groups_json.parent, truth, labels.parent)
-    except (OSError, ValueError) as e:
-        _fail(f"{groups_json}: {e}" if str(groups_json) not in str(e) else str(e), 2)
+    except ValueError as e:
+        _fail(f"{groups_json} against {labels}: {e}", 2)
     scores = score(true, pred)
     best = _oracle(groups_json, true, images) if oracle else None
     if as_json:
@@ -346,6 +346,14 @@ def evaluate(
     for key in ("labelled_not_grouped", "grouped_not_labelled"):
         if info.get(f"n_{key}"):
             err.print(f"{info[f'n_{key}']} images {key.replace('_', ' ')}: {', '.join(info[key])}", highlight=False)
+
+
+def _read_input(path: Path, read):
+    """read(path), or exit 2 with one line that names the file (once) and what is wrong with it."""
+    try:
+        return read(path)
+    except (OSError, ValueError) as e:
+        _fail(str(e) if str(path) in str(e) else f"{path}: {getattr(e, 'strerror', None) or e}", 2)
 
 
 def _cell(value) -> str:

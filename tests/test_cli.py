@@ -109,6 +109,14 @@ def test_evaluate_oracle_puts_the_run_beside_the_best_fixed_cutoffs(sample_run):
     assert "this run" in table.output and "best for pw F1" in table.output and "best for B3 F1" in table.output
 
 
+def test_evaluate_names_the_file_it_cannot_read(sample_run, tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    broken = invoke("evaluate", tmp_path / "broken.json", "--labels", SAMPLE / "labels.csv")
+    assert broken.exit_code == 2 and "broken.json" in broken.output and "Traceback" not in broken.output
+    missing = invoke("evaluate", sample_run / "out" / "groups.json", "--labels", tmp_path / "nope.csv")
+    assert missing.exit_code == 2 and "nope.csv" in missing.output
+
+
 def test_evaluate_oracle_without_an_index_says_what_to_do(sample_run, tmp_path):
     shutil.copy(sample_run / "out" / "groups.json", tmp_path / "groups.json")
     result = invoke("evaluate", tmp_path / "groups.json", "--labels", SAMPLE / "labels.csv", "--oracle")
