@@ -129,11 +129,18 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
         _fail(str(e), 2)
     try:
         run = group_folder(folder, cfg, reporter=reporter, cache_file=cache)
+    except KeyboardInterrupt:
+        _fail("interrupted: the photos extracted so far are cached; rerun the same command to resume", 130)
     except (WeightsNotFound, NothingToGroup) as e:
         _fail(str(e))
     except (NotADirectoryError, ValueError) as e:  # ValueError: a setting this machine cannot run (int8)
         _fail(str(e), 2)
-    return run, write_run(run, out_dir, force=force)
+    try:
+        return run, write_run(run, out_dir, force=force)
+    except OSError as e:  # a full disk, a vanished folder: nothing of this run was swapped in
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _fail(f"could not write the results to {out_dir}: {e.strerror or e}{where}; "
+              "the previous results there, if any, are unchanged", 1)
 
 
 @app.command()

@@ -1,8 +1,11 @@
-"""Writing results: groups.json (the contract other tools read), groups.csv, run.json.
+"""Writing results: groups.json (the contract other tools read), groups.csv, run.json, index/.
 
-Every file is written to a temporary name in the same folder and renamed into place, so a reader
-never sees half a file. groups.json holds only what decides the result (no clock times), so two runs
-over the same images give byte-identical files; timings go to run.json.
+A run's outputs change all together or not at all (`staged`): the new set is written into a hidden
+folder inside `--out`, beside the old one, and only when every file is complete is it swapped in by
+renames (which need no space), groups.json last: its presence marks a complete run. A run that fails
+while writing (a full disk, Ctrl-C) leaves the previous results as they were. groups.json holds only
+what decides the result (no clock times), so two runs over the same images give byte-identical
+files; timings go to run.json.
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 GROUPS_JSON, GROUPS_CSV, RUN_JSON, INDEX_DIR = "groups.json", "groups.csv", "run.json", "index"
 RERANK_FILE = "rerank-lists.npz"  # inside INDEX_DIR: the first-stage neighbour lists a query re-ranks against
+OUTPUTS = (INDEX_DIR, GROUPS_CSV, RUN_JSON, GROUPS_JSON)  # one run's set, in the order it is swapped in
+_STAGING = ".staging-"  # prefix of the hidden folder a run is written into before the swap
 
 
 class OutputExists(FileExistsError):
@@ -50,8 +58,8 @@ def check_out_dir(out: Path, input_dir: Path, force: bool) -> None:
     if out_r == in_r or in_r in out_r.parents:
         raise ValueError(f"the output folder {out} is inside the input folder {input_dir}; "
                          "the input folder is never written to: choose another --out")
-    existing = [n for n in (GROUPS_JSON, GROUPS_CSV, RUN_JSON, INDEX_DIR) if (out / n).exists()]
-    if existing and not force:
+    if (out / GROUPS_JSON).exists() and not force:  # a complete earlier run; debris of a broken one is not
+        existing = [n for n in OUTPUTS if (out / n).exists()]
         raise OutputExists(f"{out} already holds {', '.join(existing)}; pass --force to replace them "
                            "or choose a fresh --out folder")
     try:
@@ -61,6 +69,35 @@ def check_out_dir(out: Path, input_dir: Path, force: bool) -> None:
         os.unlink(probe)
     except OSError as e:
         raise ValueError(f"cannot write to the output folder {out}: {e.strerror or e}; choose another --out") from None
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """Yield a hidden folder inside `out` to write a run's OUTPUTS into; on success swap them in (the
+    old ones out, groups.json last), on any failure remove it and leave `out` as it was. Debris of
+    runs that were killed before (staging folders, half-written files) is removed first."""
+    out.mkdir(parents=True, exist_ok=True)
+    for debris in [*out.glob(_STAGING + "*"), *out.glob(".*.part"), *out.glob(f"{INDEX_DIR}/*.part")]:
+        if debris.is_dir():
+            shutil.rmtree(debris, ignore_errors=True)
+        else:
+            debris.unlink(missing_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=_STAGING))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    (out / GROUPS_JSON).unlink(missing_ok=True)  # from here until the last rename, no complete run is claimed
+    for name in OUTPUTS:
+        old, new = out / name, stage / name
+        if old.is_dir():
+            old.rename(stage / f".old-{name}")  # removed with the staging folder
+        if new.exists():
+            os.replace(new, old)
+        elif old.exists():
+            old.unlink()  # not part of this run
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def to_json(data: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from ensemble_group.grouping import group_as, group_margins
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
 from ensemble_group.index import ModelIndex, angular_distance
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RERANK_FILE, RUN_JSON, atomic_write,
-                                    check_out_dir, groups_csv, to_json)
+                                    check_out_dir, groups_csv, staged, to_json)
 from ensemble_group.postprocess import Transform, prepare
 from ensemble_group.quantise import Calibration, calibration_photos
 from ensemble_group.rerank import query_adjustment
@@ -286,45 +286,41 @@ def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Rep
 
 
 def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
-    """Write groups.json, groups.csv, run.json and the saved indexes into `out`."""
+    """Write groups.json, groups.csv, run.json and the saved indexes into `out`, all together or not at
+    all (outputs.staged: a failure while writing leaves the previous results as they were)."""
     out = Path(out)
     check_out_dir(out, run.folder, force)
     doc = run.to_json()
-    index_dir = out / INDEX_DIR
-    index_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*index_dir.glob("*.ann"), *index_dir.glob("*.transform.npz")]:
-        if stale.name.split(".")[0] not in run.indexes:  # left by an earlier run with other models
-            stale.unlink()
-    for name, index in run.indexes.items():
-        index.save(index_dir / f"{name}.ann")
-        if name in run.transforms:
+    with staged(out) as stage:
+        index_dir = stage / INDEX_DIR
+        index_dir.mkdir()
+        for name, index in run.indexes.items():
+            index.save(index_dir / f"{name}.ann")
+            if name in run.transforms:
+                buf = io.BytesIO()
+                np.savez(buf, **run.transforms[name].to_arrays())
+                atomic_write(index_dir / f"{name}.transform.npz", buf.getvalue())
+        group_of = {image: g["id"] for g in doc["groups"] for image in g["images"]}
+        images = [display_name(im.rel) for im in run.images]
+        manifest = {"input": doc["input"], "images": images, "group_of": [group_of[i] for i in images],
+                    "config": doc["config"], "models": doc["models"], "normalisers": doc["normalisers"],
+                    "index_dims": {m: index.dim for m, index in run.indexes.items()}}
+        if run.fusion.offset is not None:  # local scaling: a query's distances need the indexed images' offsets
+            manifest["local_offsets"] = [round(float(x), 6) for x in run.fusion.offset]
+            manifest["local_centre"] = run.fusion.local_centre
+        if run.fusion.first_stage is not None:  # re-ranking: a query enters the lists it started from
             buf = io.BytesIO()
-            np.savez(buf, **run.transforms[name].to_arrays())
-            atomic_write(index_dir / f"{name}.transform.npz", buf.getvalue())
-    group_of = {image: g["id"] for g in doc["groups"] for image in g["images"]}
-    images = [display_name(im.rel) for im in run.images]
-    manifest = {"input": doc["input"], "images": images, "group_of": [group_of[i] for i in images],
-                "config": doc["config"], "models": doc["models"], "normalisers": doc["normalisers"],
-                "index_dims": {m: index.dim for m, index in run.indexes.items()}}
-    if run.fusion.offset is not None:  # local scaling: a query's distances need the indexed images' offsets
-        manifest["local_offsets"] = [round(float(x), 6) for x in run.fusion.offset]
-        manifest["local_centre"] = run.fusion.local_centre
-    lists_file = index_dir / RERANK_FILE
-    if run.fusion.first_stage is not None:  # re-ranking: a query enters the lists it started from
-        buf = io.BytesIO()
-        np.savez(buf, ids=run.fusion.first_stage.ids.astype(np.int32), dist=run.fusion.first_stage.dist)
-        atomic_write(lists_file, buf.getvalue())
-        manifest["rerank"] = {"k": run.fusion.rerank_k, "weight": run.fusion.rerank_weight, "file": RERANK_FILE}
-    elif lists_file.exists():  # left by an earlier run that re-ranked
-        lists_file.unlink()
-    atomic_write(index_dir / "manifest.json", to_json(manifest))
-    atomic_write(out / GROUPS_CSV, groups_csv(doc["groups"]))
-    atomic_write(out / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
-                                          "weights": {m: {"path": str(w.path), "source": w.source}
-                                                      for m, w in run.weights.items()},
-                                          "runtimes": run.runtimes}))
-    atomic_write(out / GROUPS_JSON, to_json(doc))  # last: its presence means the run is complete
-    return {"groups": out / GROUPS_JSON, "csv": out / GROUPS_CSV, "index": index_dir}
+            np.savez(buf, ids=run.fusion.first_stage.ids.astype(np.int32), dist=run.fusion.first_stage.dist)
+            atomic_write(index_dir / RERANK_FILE, buf.getvalue())
+            manifest["rerank"] = {"k": run.fusion.rerank_k, "weight": run.fusion.rerank_weight, "file": RERANK_FILE}
+        atomic_write(index_dir / "manifest.json", to_json(manifest))
+        atomic_write(stage / GROUPS_CSV, groups_csv(doc["groups"]))
+        atomic_write(stage / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
+                                                "weights": {m: {"path": str(w.path), "source": w.source}
+                                                            for m, w in run.weights.items()},
+                                                "runtimes": run.runtimes}))
+        atomic_write(stage / GROUPS_JSON, to_json(doc))
+    return {"groups": out / GROUPS_JSON, "csv": out / GROUPS_CSV, "index": out / INDEX_DIR}
 
 
 def read_manifest(index_dir: Path) -> tuple[Path, dict[str, Any], Config]:

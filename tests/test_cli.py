@@ -290,3 +290,65 @@ def test_query_ranks_like_the_run_under_quantile_normalisation(sample_run, tmp_p
     assert found[0]["image"] == manifest["images"][i]
     assert [f["image"] for f in found[1:]] == [manifest["images"][j] for j in run.neighbours.ids[i, :5]]
     np.testing.assert_allclose([f["distance"] for f in found[1:]], run.neighbours.dist[i, :5], atol=1e-4)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _du(folder: Path) -> int:
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_rerun_that_fills_the_disk_leaves_the_previous_results_whole(tmp_path, weights_cache):
+    import subprocess
+
+    small = tmp_path / "small"
+    shutil.copytree(SAMPLE / "images", small)
+    big = tmp_path / "big"
+    for i in range(15):  # 300 photos (copies: extracted once, indexed 300 times)
+        shutil.copytree(SAMPLE / "images", big / f"copy{i}")
+    args = ["--config", OFFLINE, "--models", "mobilenet-v2", "--no-progress", "--cache-file", tmp_path / "emb.sqlite"]
+    assert invoke("group", small, "--out", tmp_path / "a", *args).exit_code == 0
+    assert invoke("group", big, "--out", tmp_path / "b", *args).exit_code == 0
+    first, second = _du(tmp_path / "a"), _du(tmp_path / "b")
+    assert second > 2 * first  # the premise of this test
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = first + (second - first) // 2 + 16 * 4096  # the first run fits, the second one beside it does not
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine cannot mount a tmpfs (needs root)")
+    try:
+        out = disk / "out"
+        assert invoke("group", small, "--out", out, *args).exit_code == 0
+        before = _tree(out)
+        failed = invoke("group", big, "--out", out, *args, "--force")
+        assert failed.exit_code == 1 and "Traceback" not in failed.output and "space" in failed.output.lower()
+        assert _tree(out) == before  # the previous results, whole: groups.json, groups.csv, index/ agree
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging folder, no .part
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)  # lazily: the test process still maps the index
+
+
+def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch):
+    import ensemble_group.pipeline as pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C raises in the middle of an extraction
+
+    monkeypatch.setattr(pipeline, "group_folder", interrupted)
+    result = invoke("group", SAMPLE, "--out", tmp_path / "out", "--config", OFFLINE)
+    assert result.exit_code == 130 and "rerun the same command to resume" in result.output
+    assert not (tmp_path / "out" / "groups.json").exists()
+
+
+def test_debris_of_a_killed_run_never_blocks_or_survives_the_next(tmp_path, weights_cache):
+    out = tmp_path / "out"
+    (out / ".staging-abc" / "index").mkdir(parents=True)  # what kill -9 during a write leaves
+    (out / ".groups.json.x1.part").write_text("half")
+    (out / "index").mkdir()
+    (out / "index" / "mobilenet-v2.ann.part").write_bytes(b"half")
+    result = invoke("group", SAMPLE, "--out", out, "--config", OFFLINE, "--models", "mobilenet-v2", "--no-cache")
+    assert result.exit_code == 0, result.output  # no groups.json there: no complete run to protect, no --force
+    assert sorted(p.name for p in out.iterdir()) == ["groups.csv", "groups.json", "index", "run.json"]
+    assert not list((out / "index").glob("*.part"))
