@@ -127,6 +127,14 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
         _fail(str(e))
     except ValueError as e:  # a usage error: --out inside the input, or not writable
         _fail(str(e), 2)
+    if cache not in (None, "default"):  # a cache the user named must work: say so before any slow work
+        from ensemble_group.cache import CacheError
+        from ensemble_group.features import open_cache
+
+        try:
+            open_cache(Path(cache), reporter.log, required=True).close()
+        except CacheError as e:
+            _fail(str(e), 2)
     try:
         run = group_folder(folder, cfg, reporter=reporter, cache_file=cache)
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble_group.cache import EmbeddingCache, model_key
+from ensemble_group.cache import CacheError, EmbeddingCache, model_key
 from ensemble_group.extractors import MODELS, Extractor, frame_batch
 from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many
 from ensemble_group.quantise import Calibration, tensorflow_version
@@ -242,6 +242,17 @@ def _run_once(member: LazyExtractor) -> None:
     member.embed_framed(np.zeros((1, size, size, 3), np.float32), batch_size=1)
 
 
-def open_cache(path: Path | None, log) -> EmbeddingCache | None:
-    """The embedding cache at `path` (None = caching off)."""
-    return EmbeddingCache(path, log=log) if path else None
+def open_cache(path: Path | None, log, *, required: bool = False) -> EmbeddingCache | None:
+    """The embedding cache at `path` (None = caching off). A cache only saves time: one that cannot be
+    opened (a file in the way, a read-only file system) is a warning and the run goes on without it,
+    unless it is `required` (the user named it): then CacheError, saying what to do."""
+    if not path:
+        return None
+    try:
+        return EmbeddingCache(path, log=log)
+    except (CacheError, OSError) as e:
+        if required:
+            raise CacheError(f"cannot use the cache file {path}: {e}; choose another --cache-file or "
+                             "pass --no-cache") from None
+        log(f"WARNING: the embedding cache {path} cannot be used ({e}); running without it")
+        return None

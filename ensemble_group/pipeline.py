@@ -254,7 +254,7 @@ def folder_features(folder: Path | str, config: Config, *, reporter: Reporter = 
         raise NothingToGroup(f"no readable image in {folder}" + (f" ({len(skipped)} files skipped)" if skipped else ""))
     extractors = load_extractors(config, weights)
     cache_path = default_cache_file() if cache_file == "default" else cache_file
-    cache = open_cache(Path(cache_path) if cache_path else None, reporter.log)
+    cache = open_cache(Path(cache_path) if cache_path else None, reporter.log, required=cache_file != "default")
     try:
         feats = extract(images, extractors, {m: w.id for m, w in weights.items()}, cache, reporter)
     finally:

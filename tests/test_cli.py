@@ -330,6 +330,20 @@ def test_a_rerun_that_fills_the_disk_leaves_the_previous_results_whole(tmp_path,
         subprocess.run(["umount", "-l", str(disk)], check=False)  # lazily: the test process still maps the index
 
 
+@pytest.mark.parametrize("where", ["proc", "under-file"])
+def test_an_unusable_cache_named_by_the_user_fails_at_once_and_the_default_one_is_skipped(tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    cache = {"proc": Path("/proc/emb.sqlite"), "under-file": tmp_path / "afile" / "emb.sqlite"}[where]
+    named = invoke("group", SAMPLE, "--out", tmp_path / "o1", "--config", OFFLINE, "--cache-file", cache)
+    assert named.exit_code == 2 and "cannot use the cache file" in named.output and "Traceback" not in named.output
+    assert not (tmp_path / "o1" / "groups.json").exists()
+    from ensemble_group.features import open_cache  # the default cache, with a file in its way: a warning
+
+    said = []
+    assert open_cache(tmp_path / "afile" / "embeddings.sqlite", said.append) is None
+    assert "running without it" in said[0]
+
+
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch):
     import ensemble_group.pipeline as pipeline
 
