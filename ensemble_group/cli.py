@@ -145,6 +145,9 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
         _fail(str(e), 2)
     try:
         return run, write_run(run, out_dir, force=force)
+    except KeyboardInterrupt:
+        _fail("interrupted while writing: the previous results are unchanged; rerun the same command "
+              "(every vector is in the cache)", 130)
     except OSError as e:  # a full disk, a vanished folder: nothing of this run was swapped in
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         _fail(f"could not write the results to {out_dir}: {e.strerror or e}{where}; "
@@ -301,14 +304,14 @@ def query(
     Example: [bold]ensemble-group query photo.jpg --index out/[/]
     """
     from ensemble_group.images import ImageError
-    from ensemble_group.pipeline import query_index
+    from ensemble_group.pipeline import IndexDamaged, query_index
     from ensemble_group.weights import WeightsNotFound
 
     if not image.is_file():
         _fail(f"image not found: {image}", 2)
     try:
         result = query_index(image, index_dir, k=k, reporter=CliReporter(quiet=True))
-    except (FileNotFoundError, WeightsNotFound, ImageError) as e:
+    except (FileNotFoundError, WeightsNotFound, ImageError, IndexDamaged) as e:
         _fail(str(e))
     if as_json:
         out.print_json(json.dumps({"image": result.image, "neighbours": result.neighbours}))
@@ -384,11 +387,11 @@ def _oracle(groups_json: Path, true, images: list[str]) -> dict:
     from ensemble_group.evaluation.metrics import n_groups
     from ensemble_group.grouping import group_as
     from ensemble_group.outputs import INDEX_DIR
-    from ensemble_group.pipeline import saved_neighbours
+    from ensemble_group.pipeline import IndexDamaged, saved_neighbours
 
     try:
         config, fusion, neigh, indexed = saved_neighbours(groups_json.parent / INDEX_DIR)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, IndexDamaged) as e:
         _fail(f"--oracle needs the run's {INDEX_DIR}/ beside {groups_json}: {e}", 2)
     position = {name: i for i, name in enumerate(indexed)}
     missing = [im for im in images if im not in position]

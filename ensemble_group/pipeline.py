@@ -37,11 +37,18 @@ from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RERANK_F
 from ensemble_group.postprocess import Transform, prepare
 from ensemble_group.quantise import Calibration, calibration_photos
 from ensemble_group.rerank import query_adjustment
-from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
+from ensemble_group.weights import WeightsNotFound, WeightsRef, file_digest, resolve
 
 
 class NothingToGroup(RuntimeError):
     """The folder holds no readable image."""
+
+
+class IndexDamaged(RuntimeError):
+    """A saved index folder is incomplete, altered or from another run; the message says how to rebuild it."""
+
+
+INDEX_FORMAT = 1  # manifest.json's "format": the layout of index/ (a checksum per file since 1)
 
 
 class Reporter:
@@ -313,6 +320,8 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
             np.savez(buf, ids=run.fusion.first_stage.ids.astype(np.int32), dist=run.fusion.first_stage.dist)
             atomic_write(index_dir / RERANK_FILE, buf.getvalue())
             manifest["rerank"] = {"k": run.fusion.rerank_k, "weight": run.fusion.rerank_weight, "file": RERANK_FILE}
+        manifest["format"] = INDEX_FORMAT
+        manifest["files"] = {f.name: file_digest(f, "sha256") for f in sorted(index_dir.iterdir())}
         atomic_write(index_dir / "manifest.json", to_json(manifest))
         atomic_write(stage / GROUPS_CSV, groups_csv(doc["groups"]))
         atomic_write(stage / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
@@ -324,7 +333,9 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
 
 
 def read_manifest(index_dir: Path) -> tuple[Path, dict[str, Any], Config]:
-    """(the index folder, its manifest, the run's config) from an index folder or the `--out` above it."""
+    """(the index folder, its manifest, the run's config) from an index folder or the `--out` above it,
+    checked as a whole first: the manifest readable and complete, every file it lists there and with
+    its checksum (IndexDamaged otherwise, saying what is wrong and how to rebuild the folder)."""
     index_dir = Path(index_dir)
     if (index_dir / INDEX_DIR).is_dir():
         index_dir = index_dir / INDEX_DIR
@@ -332,8 +343,26 @@ def read_manifest(index_dir: Path) -> tuple[Path, dict[str, Any], Config]:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no saved index in {index_dir} (expected manifest.json); "
                                 "build one with `ensemble-group group` or `ensemble-group index`")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return index_dir, manifest, Config(**{**manifest["config"], "models": tuple(manifest["config"]["models"])})
+    rebuild = f"rebuild it: `ensemble-group group FOLDER --out {index_dir.parent} --force`"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        config = Config(**{**manifest["config"], "models": tuple(manifest["config"]["models"])})
+        missing = [key for key in ("images", "group_of", "models", "normalisers") if key not in manifest]
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, a key missing, a value of the wrong kind
+        raise IndexDamaged(f"{manifest_path} is damaged ({type(e).__name__}: {e}); {rebuild}") from None
+    if missing:
+        raise IndexDamaged(f"{manifest_path} lacks {', '.join(missing)}; {rebuild}")
+    if manifest.get("format", 0) > INDEX_FORMAT:
+        raise IndexDamaged(f"{index_dir} was written by a newer ensemble-group (format {manifest['format']}); "
+                           "upgrade, or rebuild it with this one")
+    for name, digest in manifest.get("files", {}).items():  # indexes written before format 1 carry none
+        path = index_dir / name
+        if not path.is_file():
+            raise IndexDamaged(f"{path} is missing; {rebuild}")
+        if file_digest(path, "sha256") != digest:
+            raise IndexDamaged(f"{path} is not the file this index was written with (truncated, altered or "
+                               f"from another run); {rebuild}")
+    return index_dir, manifest, config
 
 
 def saved_neighbours(index_dir: Path) -> tuple[Config, Fusion, FusedNeighbours, list[str]]:

@@ -344,6 +344,35 @@ def test_an_unusable_cache_named_by_the_user_fails_at_once_and_the_default_one_i
     assert "running without it" in said[0]
 
 
+@pytest.mark.parametrize("damage, says", [
+    ("truncate-ann", "is not the file this index was written with"),
+    ("other-ann", "is not the file this index was written with"),
+    ("truncate-manifest", "manifest.json is damaged"),
+    ("manifest-key", "lacks normalisers"),
+    ("no-transform", "mobilenet-v2.transform.npz is missing"),
+])
+def test_query_on_a_damaged_index_says_what_is_wrong_and_how_to_rebuild(sample_run, tmp_path, damage, says):
+    out = tmp_path / "out"
+    shutil.copytree(sample_run / "out", out)
+    index = out / "index"
+    manifest = json.loads((index / "manifest.json").read_text())
+    if damage == "truncate-ann":
+        (index / "vgg16-tv.ann").write_bytes((index / "vgg16-tv.ann").read_bytes()[:100])
+    elif damage == "other-ann":
+        shutil.copy(index / "efficientnet-lite0.ann", index / "mobilenet-v2.ann")
+    elif damage == "truncate-manifest":
+        (index / "manifest.json").write_text((index / "manifest.json").read_text()[:200])
+    elif damage == "manifest-key":
+        del manifest["normalisers"]
+        (index / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        (index / "mobilenet-v2.transform.npz").unlink()
+    photo = SAMPLE / "images" / "m-rs19stkt-b-rope-original-imafeeug9ak3rpsp.jpeg"
+    result = invoke("query", photo, "--index", out)
+    assert result.exit_code == 1 and says in result.output and "--force" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch):
     import ensemble_group.pipeline as pipeline
 
