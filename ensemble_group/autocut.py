@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ensemble_group.config import AUTO
 from ensemble_group.fusion import FusedNeighbours
 
-AUTO = "auto"
 AUTO_SCALE = 0.2  # the cut, as a share of the median distance of a photo to its nearest neighbour
 BASE = -2.0  # the fixed default: "auto" is never more lenient than it (and is it for a folder of one photo)
 

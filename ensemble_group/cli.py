@@ -105,10 +105,12 @@ def _config(config: Optional[Path], models: Optional[str], weights: Optional[lis
 
 def _cutoff_arg(cutoff: Optional[str]) -> float | str | None:
     """--cutoff as given: a number or "auto" (a usage error otherwise)."""
+    from ensemble_group.config import AUTO
+
     if cutoff is None:
         return None
-    if cutoff.strip().lower() == "auto":
-        return "auto"
+    if cutoff.strip().lower() == AUTO:
+        return AUTO
     try:
         return float(cutoff)
     except ValueError:
@@ -352,7 +354,8 @@ def evaluate(
         columns = {"cutoff": "cutoff", "n_pred_groups": "groups", "pairwise_precision": "pw P",
                    "pairwise_recall": "pw R", "pairwise_f1": "pw F1", "bcubed_f1": "B3 F1"}
         table = Table("", *columns.values())
-        table.add_row("this run", *(_cell({"cutoff": cut, **scores}[k]) for k in columns))
+        this_run = {"cutoff": cut, **scores}
+        table.add_row("this run", *(_cell(this_run[k]) for k in columns))
         for name, row in (("best for pw F1", best["best_pairwise_f1"]), ("best for B3 F1", best["best_bcubed_f1"])):
             table.add_row(name, *(_cell(row[k]) for k in columns))
         out.print(table)

@@ -18,6 +18,7 @@ FRAMINGS = ("squash", "pad", "center-crop")
 NORMALISATIONS = ("robust-z", "quantile", "none")
 POOLINGS = ("avg", "gem", "rmac")
 PRECISIONS = ("float32", "int8")
+AUTO = "auto"  # the cutoff read off each folder (autocut.py) instead of a fixed number
 _FLOATS = ("power", "whiten_shrink", "dba_alpha", "rerank_weight", "alone_margin")
 _INTS = ("batch_size", "n_trees", "k", "whiten_dim", "dba_k", "local_k", "rerank_k", "whiten_min", "search_k", "seed")
 
@@ -57,7 +58,7 @@ class Config:
     rerank_k: int = 20  # k-reciprocal re-ranking with neighbourhoods of this size; 0 = off
     rerank_weight: float = 1.0  # how far identical neighbourhoods pull a pair (x 5 robust-z units)
     mode: str = "graph"
-    cutoff: float | str = "auto"  # "auto": scaled to the folder (autocut.py); or a fused distance, lower = stricter
+    cutoff: float | str = AUTO  # "auto": scaled to the folder (autocut.py); or a fused distance, lower = stricter
     alone_margin: float = 0.5  # an image left alone joins the group clearly nearest on average; 0 = off
 
     def __post_init__(self) -> None:
@@ -69,10 +70,10 @@ class Config:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{key} must be a finite number, got {value!r}")
-        if self.cutoff != "auto" and (isinstance(self.cutoff, bool) or not isinstance(self.cutoff, (int, float))
+        if self.cutoff != AUTO and (isinstance(self.cutoff, bool) or not isinstance(self.cutoff, (int, float))
                                       or not math.isfinite(self.cutoff)):
             raise ConfigError(f"cutoff must be a finite number (e.g. -3) or \"auto\", got {self.cutoff!r}")
-        if self.cutoff == "auto" and self.normalisation == "none":
+        if self.cutoff == AUTO and self.normalisation == "none":
             raise ConfigError('cutoff "auto" works on the normalised fused scale: with normalisation = "none" '
                               "give a number (a raw angular distance, e.g. 0.6)")
         if not self.models:

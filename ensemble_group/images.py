@@ -205,7 +205,7 @@ def png_damaged_chunks(data: bytes) -> tuple[bytes, tuple[str, ...]]:
     return b"".join(kept) + data[pos:], tuple(dropped)
 
 
-def repair_note(dropped: tuple[str, ...]) -> str:
+def _repair_note(dropped: tuple[str, ...]) -> str:
     return f"ignored damaged PNG chunk{'s' if len(dropped) > 1 else ''} {', '.join(dropped)} (bad CRC), as browsers do"
 
 
@@ -281,7 +281,7 @@ def _inspect(path: Path) -> tuple[str, str]:
     except OSError as e:
         raise ImageError(_os_reason(e)) from None
     dropped = png_damaged_chunks(data)[1]
-    return hashlib.sha256(data).hexdigest(), repair_note(dropped) if dropped else ""
+    return hashlib.sha256(data).hexdigest(), _repair_note(dropped) if dropped else ""
 
 
 def _try(fn, path: Path):

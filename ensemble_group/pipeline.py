@@ -100,15 +100,12 @@ class Run:
                     dist = [round(float(x), 4) for x in d.sum(axis=1) / (len(members) - 1)]
                 else:
                     dist = [None]
-                label = self.labels[members[0]]
-                out.append({"images": [display_name(self.images[i].rel) for i in members], "distances": dist,
-                            "label": label})
-            out.sort(key=lambda g: (-len(g["images"]), g["images"][0]))
-            group_id = {g["label"]: i for i, g in enumerate(out)}
-            self._groups = [{"id": i, "size": len(g["images"]), "images": g["images"], "distances": g["distances"],
-                             "confidence": _finite(margin[g["label"]]),
-                             "nearest_group": group_id.get(nearest[g["label"]])}
-                            for i, g in enumerate(out)]
+                out.append((self.labels[members[0]], [display_name(self.images[i].rel) for i in members], dist))
+            out.sort(key=lambda g: (-len(g[1]), g[1][0]))
+            group_id = {label: i for i, (label, _, _) in enumerate(out)}
+            self._groups = [{"id": i, "size": len(images), "images": images, "distances": dist,
+                             "confidence": _finite(margin[label]), "nearest_group": group_id.get(nearest[label])}
+                            for i, (label, images, dist) in enumerate(out)]
         return self._groups
 
     def to_json(self) -> dict[str, Any]:

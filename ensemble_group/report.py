@@ -148,7 +148,8 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     # the least certain groups of 2+ first (confidence: grouping.group_margins; absent in older files)
     unsure = sorted((g for g in multi if g.get("confidence") is not None), key=lambda g: (g["confidence"], g["id"]))
     check = unsure[:CHECK_FIRST]
-    rest = [g for g in multi if g not in check]
+    checked = {g["id"] for g in check}
+    rest = [g for g in multi if g["id"] not in checked]
     labels = {_norm(k): v for k, v in labels.items()} if labels else None
     per_group, split = label_check(groups, labels) if labels else ({}, {})
     mixed = [g["id"] for g in groups if len(per_group.get(g["id"], ())) > 1]
