@@ -9,18 +9,15 @@ wherever pip works.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ensemble_group import quantise
+from ensemble_group import quantise, quiet_tf
 from ensemble_group.fold import fold_batchnorm
 from ensemble_group.winograd import accelerate
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TensorFlow's start-up chatter
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ MODELS: dict[str, ModelSpec] = {
 
 def _preprocessor(name: str) -> Callable[[np.ndarray], np.ndarray]:
     if name in ("resnet50", "vgg16", "inception_v3"):
-        import keras
+        keras = quiet_tf.keras()
 
         module = {"resnet50": keras.applications.resnet50, "vgg16": keras.applications.vgg16,
                   "inception_v3": keras.applications.inception_v3}[name]
@@ -94,7 +91,7 @@ def _preprocessor(name: str) -> Callable[[np.ndarray], np.ndarray]:
 
 def _builder(name: str) -> Callable[[Path | None], "keras.Model"]:  # noqa: F821
     if name in ("resnet50", "vgg16", "inception_v3"):
-        import keras
+        keras = quiet_tf.keras()
 
         app = {"resnet50": keras.applications.ResNet50, "vgg16": keras.applications.VGG16,
                "inception_v3": keras.applications.InceptionV3}[name]
@@ -138,7 +135,7 @@ class Extractor:
                  framing: str = "squash", winograd: bool = True, fold: bool = True, pooling: str = "avg",
                  flip: bool = False, lite: bool = True, lite_file: Path | None = None,
                  calibration: list[Path] | None = None) -> None:
-        import tensorflow as tf
+        tf = quiet_tf.tensorflow()
 
         from ensemble_group import lite as tflite
 
@@ -163,7 +160,7 @@ class Extractor:
             except (ValueError, RuntimeError, OSError):  # unreadable: convert it again below
                 pass
         if weights_path is None:
-            import keras
+            keras = quiet_tf.keras()
 
             keras.utils.set_random_seed(0)  # explicit random weights must at least be reproducible
         self.model = spec.build(weights_path)
@@ -237,7 +234,7 @@ def pooled(model: "keras.Model", pooling: str) -> "keras.Model":  # noqa: F821
 
     Shares the layers (and any acceleration) of `model`; "avg" returns `model` itself.
     """
-    import keras
+    keras = quiet_tf.keras()
 
     if pooling == "avg":
         return model
@@ -252,7 +249,7 @@ def gem(x):
     """Generalized-mean pooling of (n, h, w, c) maps, (mean x^p)^(1/p): it weighs each channel's
     strongest activations more than average pooling does, so a product's distinctive print or logo
     counts for more than the background. Every member's last map is post-ReLU (x >= 0), as GeM needs."""
-    import keras
+    keras = quiet_tf.keras()
 
     return keras.ops.power(keras.ops.mean(keras.ops.power(keras.ops.maximum(x, 1e-6), GEM_P), axis=(1, 2)),
                            1.0 / GEM_P)
@@ -289,7 +286,7 @@ def rmac(h: int, w: int):
     max-pooled and l2-normalised, the regions summed. A product that fills only part of the photo (a
     close-up's detail, a packet on a shelf) still has regions of its own, where the global average
     mixes it with the background."""
-    import keras
+    keras = quiet_tf.keras()
 
     boxes = [(0, 0, h, w) if s == 0 else (t, left, s, s) for t, left, s in rmac_regions(h, w)]
 
@@ -305,7 +302,7 @@ def rmac(h: int, w: int):
 
 def backbone(model: "keras.Model") -> "keras.Model":  # noqa: F821
     """The net up to its last map, (n, s, s, 3) -> (n, h, w, c): what int8 quantises (see `quantise`)."""
-    import keras
+    keras = quiet_tf.keras()
 
     if not isinstance(model.layers[-1], keras.layers.GlobalAveragePooling2D):
         raise ValueError(f"{model.name}: int8 needs a net ending in global average pooling")

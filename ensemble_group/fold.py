@@ -10,6 +10,8 @@ after every convolution; measured on 2 cores, ResNet50 runs about 12 % faster wi
 
 from __future__ import annotations
 
+from ensemble_group import quiet_tf
+
 
 def fold_batchnorm(model) -> int:
     """Fold every BatchNormalization that directly follows a Conv2D or DepthwiseConv2D; returns how many.
@@ -18,7 +20,7 @@ def fold_batchnorm(model) -> int:
     folded (anything else would change the numbers). The scale and shift are taken from the layers'
     variables on each call (a few MFLOP), so loading other weights later stays correct.
     """
-    import keras
+    keras = quiet_tf.keras()
 
     folded = 0
     for bn in model.layers:
@@ -40,8 +42,8 @@ def fold_batchnorm(model) -> int:
 
 def _folded_call(conv, bn):
     """conv followed by bn, as one convolution with a scaled kernel and a bias."""
-    import keras
-    import tensorflow as tf
+    keras = quiet_tf.keras()
+    tf = quiet_tf.tensorflow()
 
     depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
     has_bias = conv.use_bias

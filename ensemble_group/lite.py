@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ensemble_group import quiet_tf
 from ensemble_group.outputs import atomic_write
 
 SLICE = 4  # images per invoke: as fast as 32 on two cores (measured), with an activation arena 8x smaller
@@ -30,7 +30,7 @@ SLICE = 4  # images per invoke: as fast as 32 on two cores (measured), with an a
 
 def available() -> bool:
     """Whether this TensorFlow still ships TFLite's converter and interpreter (2.16-2.21 do)."""
-    import tensorflow as tf
+    tf = quiet_tf.tensorflow()
 
     return hasattr(tf, "lite") and hasattr(tf.lite, "Interpreter") and hasattr(tf.lite, "TFLiteConverter")
 
@@ -41,8 +41,8 @@ def cache_file(directory: Path, model: str, weights_id: str, pooling: str, winog
     with `int8_calibration` (a calibration set's id) its int8 backbone's (any pooling: it gives the map)."""
     import hashlib
 
-    import keras
-    import tensorflow as tf
+    keras = quiet_tf.keras()
+    tf = quiet_tf.tensorflow()
 
     weights = hashlib.sha256(weights_id.encode()).hexdigest()[:16]  # seeded random weights have an id too
     variant = (f"map-int8-{int8_calibration}-{weights}" if int8_calibration
@@ -59,7 +59,7 @@ def failure_file(path: Path) -> Path:
 
 def convert(forward, input_size: int) -> bytes:
     """A tf.function of (n, s, s, 3) float32 -> (n, dim) as a float32 TFLite flatbuffer, any batch size."""
-    import tensorflow as tf
+    tf = quiet_tf.tensorflow()
 
     concrete = forward.get_concrete_function(tf.TensorSpec((None, input_size, input_size, 3), tf.float32))
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], forward).convert()
@@ -85,7 +85,7 @@ class LiteForward:
             self._load(Path(path).read_bytes())
 
     def _load(self, content: bytes) -> None:
-        import tensorflow as tf
+        tf = quiet_tf.tensorflow()
 
         with warnings.catch_warnings():  # tf.lite.Interpreter warns that it is moving to LiteRT
             warnings.simplefilter("ignore")
@@ -114,25 +114,9 @@ class LiteForward:
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         if x.shape != self._shape:  # a new batch size: the interpreter plans its buffers again
             self._interpreter.resize_tensor_input(self._input, list(x.shape))
-            with _quiet_stderr():  # TFLite's C++ side prints an INFO line as it applies XNNPACK
+            with quiet_tf.quiet_stderr():  # TFLite's C++ side prints an INFO line as it applies XNNPACK
                 self._interpreter.allocate_tensors()
             self._shape = x.shape
         self._interpreter.set_tensor(self._input, x)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output)  # a copy already: the next slice cannot touch it
-
-
-@contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 (C++ logging that Python's warnings cannot reach); errors still raise."""
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)

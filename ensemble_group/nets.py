@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from ensemble_group import quiet_tf
+
 __all__ = ["NetDef", "NETS", "ConversionError"]
 
 TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -140,7 +142,7 @@ def _is_bn_counter(key: str) -> bool:
 
 def _auto_convert(model, source: dict[str, np.ndarray], ignore: Callable[[str], bool]) -> None:
     """Fill every weighted layer from the source tensors with the same prefix."""
-    from keras import layers
+    layers = quiet_tf.keras().layers
 
     a = _Assigner(source, model, ignore)
     for layer in model.layers:
@@ -165,7 +167,7 @@ def build_vgg16(include_top: bool = False):
     """Keras' own VGG16 graph: same 3x3/pad-1 convs and 2x2 pools as torchvision."""
     if include_top:
         raise ValueError("vgg16-tv has no classifier in its source file")
-    import keras
+    keras = quiet_tf.keras()
 
     return keras.applications.VGG16(include_top=False, weights=None,
                                     input_shape=(224, 224, 3), pooling="avg")
@@ -173,7 +175,7 @@ def build_vgg16(include_top: bool = False):
 
 def convert_vgg16(source_file: Path, model) -> None:
     """flax kernels are already (kh, kw, in, out): Conv_i -> i-th Conv2D, in order."""
-    from keras import layers
+    layers = quiet_tf.keras().layers
 
     from .torchfile import load_numpy_pickle
 
@@ -202,8 +204,8 @@ def build_efficientnet_lite0(include_top: bool = False):
     Keras' 'same' is TF's padding (extra pixel bottom/right on stride 2),
     which is what the TF-trained weights expect.
     """
-    import keras
-    from keras import layers
+    keras = quiet_tf.keras()
+    layers = quiet_tf.keras().layers
 
     eps = 1e-3
     relu6 = lambda name: layers.ReLU(6.0, name=name)  # noqa: E731
@@ -265,8 +267,8 @@ def build_mobilenet_v2(include_top: bool = False):
     """
     if include_top:
         raise ValueError("mobilenet-v2 has no classifier in its source file")
-    import keras
-    from keras import layers
+    keras = quiet_tf.keras()
+    layers = quiet_tf.keras().layers
 
     eps = 1e-5
 

@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ensemble_group import quiet_tf
+
 SHIPPED = Path(__file__).resolve().parent / "calibration"
 MIN_PHOTOS = 8  # fewer cannot cover the activation ranges of real photos
 MAX_PHOTOS = 64  # more only slow the once-per-machine conversion down
@@ -84,7 +86,7 @@ def convert_int8(backbone, input_size: int, batches) -> bytes:
     with float input and output; `batches()` gives the representative data each time it is called."""
     import warnings
 
-    import tensorflow as tf
+    tf = quiet_tf.tensorflow()
 
     concrete = backbone.get_concrete_function(tf.TensorSpec((None, input_size, input_size, 3), tf.float32))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], backbone)

@@ -192,7 +192,7 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
               f'{data.get("n_skipped", len(data.get("skipped", [])))} skipped')
     parts.append(f'<h1>ensemble-group report</h1><p class="meta"><code>{esc(root)}</code><br>{esc(counts)}</p>')
     links = " ".join(f'<a href="#g{g["id"]}">#{g["id"]} ({len(g["images"])})</a>' for g in multi)
-    nav = (f'<a href="#settings">Settings</a> · '
+    nav = ('<a href="#settings">Settings</a> · '
            + (f'<a href="#check">Check these first ({len(check)})</a> · ' if check else "")
            + f'<a href="#groups">Groups ({len(multi)})</a> · '
            f'<a href="#singletons">Singletons ({len(singles)})</a> · '

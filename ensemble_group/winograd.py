@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ensemble_group import quiet_tf
+
 MIN_CHANNELS = 128  # narrower layers lose more to the transforms than they gain (VGG16, 2-core AVX2)
 MIN_SHARE = 0.5  # below this share of a model's multiply-adds, XLA's compile time costs more than it saves
 
@@ -33,7 +35,7 @@ def conv3x3(x, kernel, padding: str = "same"):
 
     padding "same" gives (n, h, w, k), "valid" (n, h - 2, w - 2, k).
     """
-    import tensorflow as tf
+    tf = quiet_tf.tensorflow()
 
     _, h, w, _ = x.shape  # the batch may be unknown (a shape-generic trace): only -1 stands for it
     lead = 1 if padding == "same" else 0
@@ -52,7 +54,7 @@ def conv3x3(x, kernel, padding: str = "same"):
 
 def eligible(layer) -> bool:
     """A plain 3x3 stride-1 Conv2D wide enough for Winograd to pay."""
-    import keras
+    keras = quiet_tf.keras()
 
     return (type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (3, 3)
             and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
