@@ -103,6 +103,13 @@ def _config(config: Optional[Path], models: Optional[str], weights: Optional[lis
         _fail(str(e), 2)
 
 
+def _precision_said(run) -> str:
+    from ensemble_group.cpu import SET_IN_CONFIG
+
+    precision, why = run.precision()
+    return precision if why == SET_IN_CONFIG else f"{precision} ({why})"
+
+
 def _cutoff_arg(cutoff: Optional[str]) -> float | str | None:
     """--cutoff as given: a number or "auto" (a usage error otherwise)."""
     from ensemble_group.config import AUTO
@@ -186,7 +193,7 @@ def group(
             out.print(f"group {g['id']} ({g['size']}): " + ", ".join(g["images"]), highlight=False)
     out.print(f"{len(run.images)} images -> {len(groups)} groups ({len(multi)} with 2+ images, "
               f"{len(groups) - len(multi)} singletons); {len(run.skipped)} skipped; "
-              f"cut at {cut:.2f} ({how['rule']}); "
+              f"cut at {cut:.2f} ({how['rule']}); {_precision_said(run)}; "
               f"{run.timings['total']:.1f} s ({run.timings['extracted']} extracted, {run.timings['from_cache']} from the cache). "
               f"Wrote {paths['groups']}", highlight=False)
     for s in run.skipped:

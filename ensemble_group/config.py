@@ -17,7 +17,7 @@ GROUPING_MODES = ("average", "seed", "components", "mutual", "graph")
 FRAMINGS = ("squash", "pad", "center-crop")
 NORMALISATIONS = ("robust-z", "quantile", "none")
 POOLINGS = ("avg", "gem", "rmac")
-PRECISIONS = ("float32", "int8")
+PRECISIONS = ("auto", "float32", "int8")
 AUTO = "auto"  # the cutoff read off each folder (autocut.py) instead of a fixed number
 _FLOATS = ("power", "whiten_shrink", "dba_alpha", "rerank_weight", "alone_margin")
 _INTS = ("batch_size", "n_trees", "k", "whiten_dim", "dba_k", "local_k", "rerank_k", "whiten_min", "search_k", "seed")
@@ -41,7 +41,7 @@ class Config:
     batch_size: int = 32  # the largest batch (see features.even_batch)
     winograd: bool = True  # Winograd 3x3 convolutions where they pay (VGG16): same features, faster
     lite: bool = True  # members run through TensorFlow Lite (XNNPACK), else TensorFlow: same features, faster
-    precision: str = "float32"  # int8: full-integer backbones (fast with VNNI/AMX; vectors move a little)
+    precision: str = "auto"  # int8 where the CPU has int8 dot products (cpu.choose_precision), else float32
     calibration: str = ""  # int8's calibration photos: a folder; "" = the set shipped with the package
     power: float = 0.5  # signed power normalisation; 0.5 = square root; 1 = off
     whiten_dim: int = 256  # PCA-whitening learned on the folder, this many components; 0 = off
@@ -100,8 +100,8 @@ class Config:
             raise ConfigError("precision int8 runs through TensorFlow Lite: it needs lite = true")
         if not isinstance(self.calibration, str):
             raise ConfigError(f"calibration must be a folder path (a string), got {self.calibration!r}")
-        if self.calibration and self.precision != "int8":
-            raise ConfigError("calibration is the int8 calibration folder: it needs precision = \"int8\"")
+        if self.calibration and self.precision == "float32":
+            raise ConfigError("calibration is the int8 calibration folder: it needs precision = \"int8\" or \"auto\"")
         _choice("normalisation", self.normalisation, NORMALISATIONS)
         _choice("mode", self.mode, GROUPING_MODES)
         if not 0 < self.power <= 1:

@@ -26,6 +26,7 @@ import numpy as np
 from ensemble_group import __version__, lite
 from ensemble_group.autocut import resolve_cutoff
 from ensemble_group.config import Config
+from ensemble_group.cpu import choose_precision
 from ensemble_group.extractors import MODELS
 from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser, local_query
 from ensemble_group.features import Features, LazyExtractor, convert_ahead, extract, open_cache
@@ -85,6 +86,10 @@ class Run:
         """The cutoff the groups were cut at, and how it was chosen (the config's, or read off the folder)."""
         return resolve_cutoff(self.config.cutoff, self.neighbours)
 
+    def precision(self) -> tuple[str, str]:
+        """The precision the members ran at ("int8": those where it pays, `ModelSpec.int8`), and why."""
+        return choose_precision(self.config.precision, self.config.lite)
+
     def groups(self) -> list[dict[str, Any]]:
         """Groups sorted by size (largest first), each image with its mean fused distance to the rest, and
         each group's `confidence` (grouping.group_margins: how far the cutoff would have to move to
@@ -111,7 +116,7 @@ class Run:
     def to_json(self) -> dict[str, Any]:
         """The groups.json document: deterministic for the same images and settings (where the weights
         were found, and timings, go to run.json: they vary between identical runs)."""
-        groups, (cut, how) = self.groups(), self.cutoff()
+        groups, (cut, how), (precision, why) = self.groups(), self.cutoff(), self.precision()
         return {
             "tool": "ensemble-group",
             "version": __version__,
@@ -124,6 +129,7 @@ class Run:
                        for m, w in self.weights.items()],
             "normalisers": {m: n.to_dict() for m, n in self.fusion.normalisers.items()},
             "cutoff": {"value": round(cut, 4), **how},
+            "precision": {"value": precision, "rule": why},
             "versions": versions(),
             "groups": groups,
             "skipped": [{"path": display_name(s.rel), "reason": s.reason} for s in self.skipped],
@@ -165,10 +171,12 @@ def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str
 
 
 def member_calibrations(config: Config) -> dict[str, Calibration | None]:
-    """The calibration set each member is quantised with, None for float32: with precision int8, the
-    members where int8 pays (`ModelSpec.int8`). The photos are read once; a missing or too small
-    calibration folder fails here (ValueError), before any model work."""
-    calibration = calibration_photos(config.calibration) if config.precision == "int8" else None
+    """The calibration set each member is quantised with, None for float32: when the precision is int8
+    (set, or chosen by "auto" on this CPU: `cpu.choose_precision`), the members where int8 pays
+    (`ModelSpec.int8`). The photos are read once; a missing or too small calibration folder fails here
+    (ValueError), before any model work."""
+    int8 = choose_precision(config.precision, config.lite)[0] == "int8"
+    calibration = calibration_photos(config.calibration) if int8 else None
     return {m: calibration if MODELS[m].int8 else None for m in config.models}
 
 
@@ -324,7 +332,7 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
         atomic_write(stage / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
                                                 "weights": {m: {"path": str(w.path), "source": w.source}
                                                             for m, w in run.weights.items()},
-                                                "runtimes": run.runtimes}))
+                                                "precision": doc["precision"], "runtimes": run.runtimes}))
         atomic_write(stage / GROUPS_JSON, to_json(doc))
     return {"groups": out / GROUPS_JSON, "csv": out / GROUPS_CSV, "index": out / INDEX_DIR}
 

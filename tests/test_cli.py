@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ensemble_group.cli import app
+from ensemble_group.cpu import choose_precision
 from ensemble_group.evaluation import align, read_labels, score
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,10 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     assert {"resnet50", "vgg16"}.isdisjoint(p.stem for p in (sample_run / "out" / "index").glob("*.ann"))
     assert len(list((sample_run / "out" / "index").glob("*.ann"))) == 3
     run = json.loads((sample_run / "out" / "run.json").read_text())  # what ran each member, for the record
-    assert run["runtimes"] == {"vgg16-tv": "tflite", "efficientnet-lite0": "tflite", "mobilenet-v2": "tflite"}
+    # precision "auto": int8 on a CPU with int8 dot products (for the members where it pays), else float32
+    assert doc["precision"] == run["precision"] == dict(zip(("value", "rule"), choose_precision("auto", True)))
+    int8 = "-int8" if doc["precision"]["value"] == "int8" else ""
+    assert run["runtimes"] == {"vgg16-tv": f"tflite{int8}", "efficientnet-lite0": f"tflite{int8}", "mobilenet-v2": "tflite"}
 
 
 def test_the_sample_groups_match_its_products(sample_run):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ensemble_group.config import POOLINGS, Config
+from ensemble_group.cpu import choose_precision
 from ensemble_group.evaluation.metrics import pairwise_prf, bcubed, score
 from ensemble_group.fusion import FusedNeighbours, Fusion
 from ensemble_group.grouping import group_as
@@ -113,7 +114,7 @@ def descriptor_arms(config: Config) -> list[Arm]:
             Arm(f"ensemble, {other_framing} framing", config.models, (("framing", other_framing),)),
             Arm("ensemble, no flip" if config.flip else "ensemble + flip (mirror image added)", config.models,
                 (("flip", not config.flip),))]
-    if config.precision == "int8":
+    if choose_precision(config.precision, config.lite)[0] == "int8":
         arms.append(Arm("ensemble, float32", config.models, (("precision", "float32"), ("calibration", ""))))
     elif config.lite:  # int8 runs only through TFLite
         arms.append(Arm("ensemble, int8 (full-integer backbones)", config.models, (("precision", "int8"),)))

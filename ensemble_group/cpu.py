@@ -1,0 +1,48 @@
+"""What this CPU can do fast, read at run time: `precision = "auto"` runs int8 where the CPU has int8
+dot-product instructions and float32 elsewhere.
+
+Full-integer members pay only with instructions that multiply and add int8 in one step: on an Intel
+Xeon with AVX-512 VNNI and AMX-INT8 they ran 5-14x faster than float32, on an AMD EPYC with AVX-512
+VNNI the whole offline run 2.5x faster; on an AVX2-only CPU they were slower (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SET_IN_CONFIG = "set in the config"
+# x86: AVX-512 VNNI, AVX-VNNI (the same with 256-bit vectors), AMX; Arm: SDOT/UDOT and the int8 matrix multiply
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags in a /proc/cpuinfo text ("flags" on x86, "Features" on Arm)."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def int8_instructions(cpuinfo: str | None = None) -> list[str]:
+    """The int8 dot-product flags this CPU has (of `INT8_FLAGS`); [] where /proc/cpuinfo cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return []
+    have = cpu_flags(cpuinfo)
+    return [f for f in INT8_FLAGS if f in have]
+
+
+def choose_precision(precision: str, lite: bool, cpuinfo: str | None = None) -> tuple[str, str]:
+    """(the precision members run at, why): "auto" becomes int8 where the CPU has int8 dot products."""
+    if precision != "auto":
+        return precision, SET_IN_CONFIG
+    if not lite:
+        return "float32", "auto: int8 needs lite = true"
+    found = int8_instructions(cpuinfo)
+    if found:
+        return "int8", f"auto: int8 dot products on this CPU: {' '.join(found)}"
+    return "float32", "auto: no int8 dot products on this CPU"
