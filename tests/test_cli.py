@@ -225,15 +225,16 @@ def test_prepare_converts_the_members_once_and_group_then_converts_nothing(tmp_p
     members = ("--config", OFFLINE, "--models", "mobilenet-v2,efficientnet-lite0")
     result = invoke("prepare", *members)
     assert result.exit_code == 0, result.output
-    assert result.output.count("TFLite, converted now") == 2
+    assert result.output.count(", converted now") == 2  # "TFLite" or, where "auto" picks int8, "TFLite int8"
     files = {p: p.stat().st_mtime_ns for p in (cache / "tflite").iterdir()}
     assert len(files) == 2
-    assert invoke("prepare", *members).output.count("TFLite, already converted") == 2
+    assert invoke("prepare", *members).output.count(", already converted") == 2
     result = invoke("group", SAMPLE, *members, "--out", tmp_path / "o", "--no-cache")
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in (cache / "tflite").iterdir()} == files
+    int8 = "-int8" if choose_precision("auto", True)[0] == "int8" else ""
     assert json.loads((tmp_path / "o" / "run.json").read_text())["runtimes"] == {
-        "mobilenet-v2": "tflite", "efficientnet-lite0": "tflite"}
+        "mobilenet-v2": "tflite", "efficientnet-lite0": f"tflite{int8}"}
 
 
 def test_help_teaches_with_an_example():
