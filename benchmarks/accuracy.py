@@ -1,7 +1,8 @@
-"""Accuracy: the `compare` A/B table on the bundled sample and on the grocery data set.
+"""Accuracy: the `compare` A/B table on the bundled sample, the grocery data set and the shops.
 
-    python benchmarks/accuracy.py                          # offline config, every data set found
+    python benchmarks/accuracy.py                          # offline config, sample and grocery
     python benchmarks/accuracy.py --config configs/default.toml --sets sample grocery-810
+    python benchmarks/accuracy.py --precision int8 --sets sample grocery-810 grocery-packages shops --splits 5
 
 Each data set's table (Markdown) and full result (JSON) go to benchmarks/results/; the grocery
 photos are expected at ../shared/datasets/grocery (beside the checkout) or --grocery DIR.
@@ -19,18 +20,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import cpu  # noqa: E402
 
 
 def sets(grocery: Path) -> dict[str, tuple[Path, Path]]:
     return {"sample": (ROOT / "samples" / "flipkart", ROOT / "samples" / "flipkart" / "labels.csv"),
             "grocery-810": (grocery, grocery / "labels-810.csv"),
             "grocery-packages": (grocery, grocery / "labels-packages.csv"),
-            "grocery-all": (grocery, grocery / "labels.csv")}
+            "grocery-all": (grocery, grocery / "labels.csv"),
+            "shops": (grocery.parent / "shops", grocery.parent / "shops" / "labels.csv")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
+    parser.add_argument("--precision", choices=["auto", "float32", "int8"],
+                        help="instead of the config's (int8 against float32 on this machine: run both)")
     parser.add_argument("--grocery", type=Path, default=ROOT.parent / "shared" / "datasets" / "grocery")
     parser.add_argument("--sets", nargs="+", default=["sample", "grocery-810", "grocery-packages", "grocery-all"])
     parser.add_argument("--seed", type=int, default=0)
@@ -40,6 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from ensemble_group.config import load_config
+    from ensemble_group.cpu import choose_precision
     from ensemble_group.evaluation.compare import TABLE_COLUMNS, compare, describe_split
     from ensemble_group.evaluation.metrics import format_table
     from ensemble_group.pipeline import Reporter
@@ -49,6 +56,9 @@ def main() -> None:
             print(message, file=sys.stderr, flush=True)
 
     config = load_config(args.config)
+    if args.precision:
+        config = config.replace(precision=args.precision)
+    name_of_config = Path(args.config).stem + (f"-{args.precision}" if args.precision else "")
     RESULTS.mkdir(exist_ok=True)
     for name in args.sets:
         folder, labels = sets(args.grocery)[name]
@@ -59,8 +69,9 @@ def main() -> None:
         result = compare(folder, labels, config, seed=args.seed, splits=args.splits, reporter=Log(),
                          descriptors=args.descriptors)
         result["seconds"] = round(time.perf_counter() - t0, 1)
-        result["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
-        stem = f"accuracy-{Path(args.config).stem}-{name}" + (f"-{args.splits}splits" if args.splits > 1 else "")
+        result["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(), "system": platform.platform(),
+                             "cpu": cpu(), "precision": choose_precision(config.precision, config.lite)}
+        stem = f"accuracy-{name_of_config}-{name}" + (f"-{args.splits}splits" if args.splits > 1 else "")
         (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
         table = format_table(result["rows"], TABLE_COLUMNS)
         text = f"## {name} ({Path(args.config).name})\n\n{describe_split(result['split'])}\n\n{table}\n"

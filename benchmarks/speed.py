@@ -243,12 +243,16 @@ def per_member_main(description: str, measure, prefix: str, images: int) -> None
 
 
 def cpu() -> dict:
-    """The CPU model and the vector extensions that decide the speed of convolutions."""
+    """The CPU model, the vector extensions that decide the speed of convolutions, and what precision
+    "auto" picks on it."""
+    from ensemble_group.cpu import choose_precision, cpu_flags
+
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    flags = cpu_flags(info)
     return {"model": model, "extensions": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
-                                                       "avx512_bf16", "amx_tile") if f in flags]}
+                                                       "avx512_bf16", "amx_tile", "amx_int8") if f in flags],
+            "auto_precision": choose_precision("auto", True, info)[0]}
 
 
 def main() -> None:
@@ -269,12 +273,13 @@ def main() -> None:
     from ensemble_group.config import load_config
 
     members = list(load_config(args.config).models)
+    machine = {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}
+    print(json.dumps(machine), flush=True)
     arms = ([] if args.ensemble_only else [[m] for m in members]) + [members]
     rows = []
     for models in arms:
         rows.append(one_arm(args, models))
         print(json.dumps(rows[-1]), flush=True)
-    machine = {"cores": os.cpu_count(), "cpu": cpu(), "python": sys.version.split()[0]}
     write_result(f"speed-{Path(args.config).stem}.json",
                  {"config": args.config, "random_weights": args.random_weights, "rounds": args.rounds,
                   "machine": machine, "rows": rows})

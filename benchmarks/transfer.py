@@ -128,6 +128,8 @@ def folders(name: str, products: np.ndarray, rels: list[str], columns: dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
+    parser.add_argument("--precision", choices=["auto", "float32", "int8"],
+                        help="instead of the config's (int8 against float32 on this machine: run both)")
     parser.add_argument("--sets", nargs="+", default=["sample", "grocery", "shops"])
     parser.add_argument("--draws", type=int, default=20, help="drawn small folders per size (6, 12, 24 products)")
     parser.add_argument("--no-rules", action="store_true", help="only the default and the oracle, not the candidate rules")
@@ -143,6 +145,9 @@ def main() -> None:
     from ensemble_group.pipeline import Reporter, build_indexes, prepare_vectors
 
     config = load_config(args.config)
+    if args.precision:
+        config = config.replace(precision=args.precision)
+    name_of_config = Path(args.config).stem + (f"-{args.precision}" if args.precision else "")
     paths = {"sample": SHARED / "flipkart-sample", "grocery": SHARED / "grocery", "shops": SHARED / "shops"}
     rows = []
     for name in args.sets:
@@ -176,8 +181,8 @@ def main() -> None:
     summary = summarise(rows)
     for line in table(summary, list(RULES) if not args.no_rules else []):
         print(line)
-    write_result(args.out or f"transfer-{Path(args.config).stem}.json",
-                 {"config": Path(args.config).name, "cutoff": config.cutoff,
+    write_result(args.out or f"transfer-{name_of_config}.json",
+                 {"config": Path(args.config).name, "cutoff": config.cutoff, "precision": config.precision,
                   "machine": {"cores": os.cpu_count(), "cpu": cpu()}, "summary": summary, "folders": rows})
 
 

@@ -44,5 +44,5 @@ def choose_precision(precision: str, lite: bool, cpuinfo: str | None = None) -> 
         return "float32", "auto: int8 needs lite = true"
     found = int8_instructions(cpuinfo)
     if found:
-        return "int8", f"auto: int8 dot products on this CPU: {' '.join(found)}"
+        return "int8", f"auto: this CPU has {', '.join(found)}"
     return "float32", "auto: no int8 dot products on this CPU"

@@ -80,6 +80,19 @@ def test_a_warm_rerun_extracts_nothing_and_existing_outputs_need_force(sample_ru
     assert warm.exit_code == 0 and "(0 extracted, 20 from the cache)" in warm.output
 
 
+def test_a_warm_run_loads_no_tensorflow_and_no_model(sample_run, tmp_path):
+    """Every vector cached: the run hashes, fuses and groups, and never pays TensorFlow's start-up."""
+    import subprocess
+    import sys
+
+    args = ["group", str(SAMPLE), "--config", OFFLINE, "--out", str(tmp_path / "o"), "--cache-file",
+            str(sample_run / "emb.sqlite"), "--quiet"]
+    code = (f"import sys\nfrom ensemble_group.cli import app\ntry:\n    app({args!r})\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\nprint(sorted(m for m in ('tensorflow', 'keras', 'ai_edge_litert') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "(0 extracted, 20 from the cache)" in run.stdout and run.stdout.splitlines()[-1] == "[]", run.stdout
+
+
 def test_query_finds_the_photo_itself_and_its_group(sample_run, weights_cache):
     photo = SAMPLE / "images" / "m-rs19stkt-b-rope-original-imafeeug9ak3rpsp.jpeg"
     flatbuffers = sorted((weights_cache / "tflite").iterdir())
