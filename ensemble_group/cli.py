@@ -74,6 +74,7 @@ def _fail(message: str, code: int = 1) -> None:
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (see configs/). Default: built-in = configs/offline.toml settings.")]
 ModelsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated members to use instead of the config's, e.g. 'mobilenet-v2' to run one model alone.")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(help="Members' arithmetic: auto (the configs' default: int8 on CPUs with int8 dot products, VNNI, AMX or Arm dotprod, else float32), float32 or int8. Vectors of each precision are cached apart.")]
 WeightsOpt = Annotated[Optional[list[str]], typer.Option("--weights", help="MODEL=FILE: use this weights file for MODEL (repeatable).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the final summary.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more about each step.")]
@@ -172,6 +173,7 @@ def group(
     cutoff: Annotated[Optional[str], typer.Option(help="Fused-distance cutoff: 'auto' (the configs' default: -2, or stricter where the folder's photos all sit close to their nearest neighbours) or a number such as -3 (lower = stricter). `evaluate --oracle` shows the best one for a labelled folder.")] = None,
     k: Annotated[Optional[int], typer.Option(help="Neighbours per model per image considered for grouping.")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Grouping mode: graph (default: average linkage over the neighbour graph), average, components, mutual, or seed (the original greedy rule).")] = None,
+    precision: PrecisionOpt = None,
     weights: WeightsOpt = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Run with RANDOM weights when none are found (smoke tests only).")] = False,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace results already in --out.")] = False,
@@ -183,7 +185,7 @@ def group(
 
     Example: [bold]ensemble-group group samples/flipkart --config configs/offline.toml --out out/[/]
     """
-    cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode)
+    cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode, precision=precision)
     reporter = CliReporter(quiet, verbose, progress)
     run, paths = _run_and_write(folder, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache))
     groups, (cut, how) = run.groups(), run.cutoff()
@@ -211,6 +213,7 @@ def group(
 def prepare(
     config: ConfigOpt = None,
     models: ModelsOpt = None,
+    precision: PrecisionOpt = None,
     weights: WeightsOpt = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Use RANDOM weights for members with none (smoke tests and speed benchmarks only).")] = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
@@ -226,7 +229,7 @@ def prepare(
     from ensemble_group.pipeline import prepare_members
     from ensemble_group.weights import WeightsNotFound
 
-    cfg = _config(config, models, weights, random_weights)
+    cfg = _config(config, models, weights, random_weights, precision=precision)
     try:
         state = prepare_members(cfg, CliReporter(quiet, verbose, progress))
     except WeightsNotFound as e:

@@ -93,6 +93,18 @@ def test_a_warm_run_loads_no_tensorflow_and_no_model(sample_run, tmp_path):
     assert "(0 extracted, 20 from the cache)" in run.stdout and run.stdout.splitlines()[-1] == "[]", run.stdout
 
 
+def test_precision_can_be_set_for_one_run(sample_run, tmp_path):
+    other = "float32" if choose_precision("auto", True)[0] == "int8" else "int8"
+    result = invoke("group", SAMPLE, "--config", OFFLINE, "--precision", other, "--out", tmp_path / "o",
+                    "--cache-file", sample_run / "emb.sqlite")
+    assert result.exit_code == 0, result.output
+    assert f"; {other}; " in result.output and "(20 extracted, 0 from the cache)" in result.output  # cached apart
+    doc = json.loads((tmp_path / "o" / "groups.json").read_text())
+    assert doc["precision"] == {"value": other, "rule": "set in the config"} and doc["config"]["precision"] == other
+    bad = invoke("group", SAMPLE, "--precision", "int4", "--out", tmp_path / "o2")
+    assert bad.exit_code == 2 and "precision must be one of auto, float32, int8; got 'int4'" in bad.output
+
+
 def test_query_finds_the_photo_itself_and_its_group(sample_run, weights_cache):
     photo = SAMPLE / "images" / "m-rs19stkt-b-rope-original-imafeeug9ak3rpsp.jpeg"
     flatbuffers = sorted((weights_cache / "tflite").iterdir())
