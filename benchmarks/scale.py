@@ -49,16 +49,16 @@ def one_size(n: int) -> dict:
 
     from ensemble_group.config import Config
     from ensemble_group.evaluation.metrics import pairwise_prf
-    from ensemble_group.pipeline import build_indexes, group_vectors
+    from ensemble_group.grouper import Grouper
     from ensemble_group.rerank import Neighbourhoods
 
     vectors, product = synthetic(n)
     config = Config(models=tuple(DIMS), cutoff=-3.0)
     t0 = time.perf_counter()
-    indexes = build_indexes(vectors, config)
-    t1 = time.perf_counter()
-    fusion, neighbours, labels = group_vectors(vectors, indexes, config)
+    grouper = Grouper(config).fit(vectors)
     t2 = time.perf_counter()
+    t1 = t0 + grouper.timings_["index"]
+    fusion, neighbours, labels = grouper.fusion_, grouper.neighbours_, grouper.labels_
     rerank_s = None
     if fusion.neighbourhoods is not None:
         rows = np.broadcast_to(np.arange(n)[:, None], neighbours.ids.shape)

@@ -142,7 +142,8 @@ def main() -> None:
     from ensemble_group.evaluation.metrics import bcubed, n_groups, pairwise_prf
     from ensemble_group.fusion import Fusion
     from ensemble_group.grouping import group_as
-    from ensemble_group.pipeline import Reporter, build_indexes, prepare_vectors
+    from ensemble_group.grouper import build_indexes, prepare_vectors
+    from ensemble_group.pipeline import Reporter
 
     config = load_config(args.config)
     if args.precision:

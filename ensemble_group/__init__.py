@@ -10,6 +10,7 @@ The stages are importable for notebooks::
 __version__ = "0.1.0"
 
 from ensemble_group.config import Config, ConfigError, load_config  # noqa: E402
+from ensemble_group.grouper import Grouper  # noqa: E402
 from ensemble_group.pipeline import Run, group_folder, query_index, write_run  # noqa: E402
 
-__all__ = ["Config", "ConfigError", "Run", "group_folder", "load_config", "query_index", "write_run", "__version__"]
+__all__ = ["Config", "ConfigError", "Grouper", "Run", "group_folder", "load_config", "query_index", "write_run", "__version__"]

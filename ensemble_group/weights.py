@@ -10,7 +10,6 @@ and how to supply it. Random weights are used only when the user asks for them e
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from ensemble_group import quiet_tf
 from ensemble_group.extractors import MODELS, ModelSpec
+from ensemble_group.outputs import file_digest
 
 WEIGHTS_DIR_ENV = "ENSEMBLE_GROUP_WEIGHTS"
 NO_DOWNLOAD_ENV = "ENSEMBLE_GROUP_NO_DOWNLOAD"
@@ -47,14 +47,6 @@ def cache_dir() -> Path:
     from ensemble_group.pypi_weights import default_cache_dir
 
     return Path(default_cache_dir())
-
-
-def file_digest(path: Path, algorithm: str = "md5") -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def candidates(model: str, explicit: str | Path | None = None) -> list[tuple[str, Path]]:
@@ -121,7 +113,7 @@ def resolve(model: str, explicit: str | Path | None = None, *, download: bool = 
 def weights_id(spec: ModelSpec, path: Path) -> str:
     """A stable identity for a weights file, recorded in every output for reproducibility."""
     if spec.weights == "keras":
-        return f"keras:{spec.keras_file}#md5={file_digest(path)}"
+        return f"keras:{spec.keras_file}#md5={file_digest(path, 'md5')}"
     from ensemble_group import pypi_weights
 
     return f"{pypi_weights.expected_id(spec.name)};converted-sha256={file_digest(path, 'sha256')[:16]}"
@@ -131,7 +123,7 @@ def verify(model: str, path: Path) -> tuple[bool, str]:
     """Is this file the expected weights for the model? Returns (ok, explanation)."""
     spec = MODELS[model]
     if spec.weights == "keras":
-        digest = file_digest(path)
+        digest = file_digest(path, "md5")
         if digest == spec.keras_md5:
             return True, f"md5 {digest} matches Keras's published hash"
         return False, f"md5 {digest} differs from Keras's published hash {spec.keras_md5}"

@@ -10,8 +10,9 @@ from ensemble_group.autocut import AUTO_SCALE, BASE, auto_cutoff, resolve_cutoff
 from ensemble_group.config import Config
 from ensemble_group.evaluation.metrics import pairwise_prf
 from ensemble_group.fusion import FusedNeighbours
+from ensemble_group.grouper import Grouper
 from ensemble_group.images import ImageFile
-from ensemble_group.pipeline import Run, build_indexes, group_vectors, prepare_vectors
+from ensemble_group.pipeline import Run
 from ensemble_group.weights import WeightsRef
 
 MODELS = ("vgg16-tv", "mobilenet-v2")
@@ -21,11 +22,11 @@ def grouped(vectors: np.ndarray, **settings) -> Run:
     """What `group` does after extraction, on (n, d) vectors given to two members (the second noisier)."""
     noisy = vectors + 0.05 * np.random.default_rng(1).normal(size=vectors.shape).astype(np.float32)
     config = Config(models=MODELS, **settings)
-    _, prepared = prepare_vectors({MODELS[0]: vectors, MODELS[1]: noisy}, config)
-    fusion, neigh, labels = group_vectors(prepared, build_indexes(prepared, config), config)
     images = [ImageFile(Path(f"/x/{i:04d}.jpg"), f"{i:04d}.jpg", f"{i:064x}") for i in range(len(vectors))]
+    raw = {MODELS[0]: vectors, MODELS[1]: noisy}
+    grouper = Grouper(config).fit(raw, [im.rel for im in images])
     weights = {m: WeightsRef(m, Path("/w"), "test", "test") for m in MODELS}
-    return Run(Path("/x"), config, images, [], weights, prepared, fusion, {}, neigh, labels)
+    return Run(Path("/x"), config, images, [], weights, raw, grouper)
 
 
 def strict_json(run: Run) -> dict:

@@ -136,7 +136,7 @@ def split_products(products: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndar
 
 def neighbours_for(sub: Subset, arm: Arm, config: Config) -> tuple[Fusion, FusedNeighbours, Config]:
     """Post-process (learned on this subset, no labels), index, fuse: what the arm's grouper needs."""
-    from ensemble_group.pipeline import build_indexes, prepare_vectors
+    from ensemble_group.grouper import build_indexes, prepare_vectors
 
     cfg = arm.config(config)
     _, vectors = prepare_vectors({m: sub.vectors[m] for m in arm.sources}, cfg)

@@ -1,0 +1,280 @@
+"""The fitted grouper: per-model vectors in, groups out, and the one owner of the saved index folder.
+
+In the manner of scikit-learn's estimators and Annoy's index: the parameters (a `Config`, validated
+when it was made) are given once; `fit(vectors)` learns the post-processing on the folder, builds one
+Annoy index per model, fuses the neighbour lists and groups them, and returns the grouper with
+`labels_`; `save(dir)` / `load(dir)` write and read the whole index folder (a manifest with a format
+version and a sha256 per file); `query(vectors, k)` ranks the fitted images for an outside photo's
+vectors, from memory. Where the vectors come from (a folder, the cache, a cluster) is not its concern.
+
+    grouper = Grouper(load_config("configs/offline.toml")).fit({"vgg16-tv": a, "mobilenet-v2": b})
+    grouper.labels_                     # (n,) group label of each row
+    grouper.save("out/index", names=[...])
+    Grouper.load("out/index").query({"vgg16-tv": q1, "mobilenet-v2": q2}, k=5)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensemble_group.autocut import resolve_cutoff
+from ensemble_group.config import Config
+from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser, local_query
+from ensemble_group.grouping import group_as
+from ensemble_group.index import ModelIndex, angular_distance
+from ensemble_group.outputs import RERANK_FILE, atomic_write, file_digest, to_json
+from ensemble_group.postprocess import Transform, prepare
+from ensemble_group.rerank import query_adjustment
+
+INDEX_FORMAT = 1  # manifest.json's "format": the layout of the index folder (a checksum per file since 1)
+MANIFEST = "manifest.json"
+
+
+class IndexDamaged(RuntimeError):
+    """A saved index folder is incomplete, altered or from another run; the message says how to rebuild it."""
+
+
+class Grouper:
+    """Groups the rows of per-model vectors into products (see the module docstring).
+
+    Fitted attributes: `labels_` (n,) int group labels; `names_` the rows' names (or None);
+    `transforms_` model -> the post-processing learned on the rows; `indexes_` model -> ModelIndex;
+    `fusion_` (the per-model normalisers); `neighbours_` the fused (n, k) neighbour lists (None after
+    `load` unless asked for). A saved index's extra keys (what the caller wrote) are in `about_`.
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self.labels_: np.ndarray | None = None
+        self.names_: list[str] | None = None
+        self.transforms_: dict[str, Transform] = {}
+        self.indexes_: dict[str, ModelIndex] = {}
+        self.fusion_: Fusion | None = None
+        self.neighbours_: FusedNeighbours | None = None
+        self.about_: dict[str, Any] = {}
+        self.timings_: dict[str, float] = {}  # seconds of fit's stages: post-processing + indexing, fusing + grouping
+        # what a query needs beyond the indexes: local scaling's offsets and the re-ranking's first-stage lists
+        self._offsets: np.ndarray | None = None
+        self._local_centre = 0.0
+        self._first_stage: FusedNeighbours | None = None
+
+    def fit(self, vectors: dict[str, np.ndarray], names: list[str] | None = None, reporter=None) -> "Grouper":
+        """Learn, index, fuse and group: `vectors` model -> (n, dim) rows of the same n images, one entry
+        per model of the config; `names` (n,) optional, kept for `save`. Returns self."""
+        from ensemble_group.pipeline import Reporter
+
+        reporter = reporter or Reporter()
+        self._check(vectors, names)
+        t0 = time.perf_counter()
+        self.transforms_, prepared = prepare_vectors(vectors, self.config)
+        self.indexes_ = build_indexes(prepared, self.config, reporter)
+        t1 = time.perf_counter()
+        with reporter.task("fusing and grouping", 1) as advance:
+            self.fusion_ = Fusion.for_config(prepared, self.config)
+            self.neighbours_ = self.fusion_.neighbours(self.indexes_, self.config.k)
+            self._offsets, self._local_centre = self.fusion_.offset, self.fusion_.local_centre
+            self._first_stage = self.fusion_.first_stage
+            self.names_ = list(names) if names is not None else None
+            self.labels_ = numbered(group_as(self.config, self.neighbours_, self.fusion_), self.names_)
+            advance(1)
+        self.timings_ = {"index": round(t1 - t0, 3), "group": round(time.perf_counter() - t1, 3)}
+        return self
+
+    def cutoff(self) -> tuple[float, dict[str, Any]]:
+        """The cutoff the groups were cut at, and how it was chosen (the config's, or read off the rows)."""
+        return resolve_cutoff(self.config.cutoff, self._fitted_neighbours())
+
+    def labels_at(self, cutoff: float) -> np.ndarray:
+        """(n,) labels of the same fitted rows cut at another cutoff (a sweep, `evaluate --oracle`)."""
+        return numbered(group_as(self.config, self._fitted_neighbours(), self.fusion_, cutoff), self.names_)
+
+    def query(self, vectors: dict[str, np.ndarray], k: int | None = None) -> list[tuple[int, float]]:
+        """The k fitted rows nearest one outside image, nearest first: [(row, fused distance)].
+
+        `vectors` model -> (dim,) the image's vector as the extractors give it (this applies the
+        post-processing learned in `fit`); it is ranked as `fit` ranked the rows (local scaling and
+        re-ranking included).
+        """
+        if not self.indexes_:
+            raise ValueError("this Grouper is not fitted: call fit(vectors) or Grouper.load(dir) first")
+        k = k or self.config.k
+        models = self.config.models
+        queries = {m: self.transforms_.get(m, Transform())(np.asarray(vectors[m], np.float32)[None, :])[0]
+                   for m in models}
+        per_model = max(k, self.config.k)  # re-ranking needs the candidates a fitted row had
+        cand = sorted({int(j) for m in models for j in self.indexes_[m].query(queries[m], per_model)[0]})
+        raw = {m: angular_distance(self.indexes_[m].vectors(cand), queries[m][None, :]) for m in models}
+        fused = self.fusion_.combine(raw)
+        if self._offsets is not None:
+            fused = local_query(fused, self._offsets[cand], self._local_centre, self.config.local_k)
+        if self._first_stage is not None:
+            ids, dist = self._first_stage.ids.astype(np.int64), self._first_stage.dist
+            first = np.argsort(fused, kind="stable")[:ids.shape[1]]
+            cand, fused = np.asarray(cand)[first], fused[first]
+            fused = fused + query_adjustment(ids, dist, cand, fused, self.fusion_.rerank_k, self.fusion_.rerank_weight)
+        order = np.argsort(fused, kind="stable")[:k]
+        return [(int(cand[t]), float(fused[t])) for t in order]
+
+    def save(self, index_dir: Path | str, about: dict[str, Any] | None = None) -> Path:
+        """Write the index folder into `index_dir` (which must exist, empty): one Annoy file and one
+        post-processing file per model, the re-ranking lists, and manifest.json (written last) with
+        `about` (the caller's own keys, e.g. where the rows came from), the config, the normalisers,
+        the format and every file's sha256. Returns the manifest's path."""
+        if self.labels_ is None:
+            raise ValueError("nothing to save: fit the Grouper first")
+        index_dir = Path(index_dir)
+        for name, index in self.indexes_.items():
+            index.save(index_dir / f"{name}.ann")
+            if name in self.transforms_:
+                buf = io.BytesIO()
+                np.savez(buf, **self.transforms_[name].to_arrays())
+                atomic_write(index_dir / f"{name}.transform.npz", buf.getvalue())
+        manifest = {**(about or {}), "config": self.config.to_dict(),
+                    "normalisers": {m: n.to_dict() for m, n in self.fusion_.normalisers.items()},
+                    "index_dims": {m: index.dim for m, index in self.indexes_.items()}}
+        if self.names_ is not None:
+            manifest["images"] = self.names_
+        manifest["group_of"] = [int(x) for x in self.labels_]
+        if self._offsets is not None:  # local scaling: a query's distances need the fitted rows' offsets
+            manifest["local_offsets"] = [round(float(x), 6) for x in self._offsets]
+            manifest["local_centre"] = self._local_centre
+        if self._first_stage is not None:  # re-ranking: a query enters the lists it started from
+            buf = io.BytesIO()
+            np.savez(buf, ids=self._first_stage.ids.astype(np.int32), dist=self._first_stage.dist)
+            atomic_write(index_dir / RERANK_FILE, buf.getvalue())
+            manifest["rerank"] = {"k": self.fusion_.rerank_k, "weight": self.fusion_.rerank_weight, "file": RERANK_FILE}
+        manifest["format"] = INDEX_FORMAT
+        manifest["files"] = {f.name: file_digest(f) for f in sorted(index_dir.iterdir())}
+        atomic_write(index_dir / MANIFEST, to_json(manifest))
+        return index_dir / MANIFEST
+
+    @classmethod
+    def load(cls, index_dir: Path | str, *, neighbours: bool = False, rebuild: str = "",
+             required: tuple[str, ...] = ()) -> "Grouper":
+        """A grouper as `save` left it, checked as a whole first (IndexDamaged, saying what is wrong,
+        what of `required` (the caller's keys) is missing, and `rebuild`, how to make it again). With
+        `neighbours`, the fused neighbour lists are rebuilt from the vectors in the Annoy files (what
+        `fit` grouped; for regrouping at other cutoffs)."""
+        index_dir = Path(index_dir)
+        manifest, config = read_manifest(index_dir, rebuild, required)
+        grouper = cls(config)
+        known = {"config", "normalisers", "index_dims", "images", "group_of", "local_offsets", "local_centre",
+                 "rerank", "format", "files"}
+        grouper.about_ = {key: value for key, value in manifest.items() if key not in known}
+        dims = manifest.get("index_dims", {})
+        for m in config.models:
+            grouper.indexes_[m] = ModelIndex.load(index_dir / f"{m}.ann", dims.get(m) or _registry_dim(m),
+                                                  n_trees=config.n_trees, search_k=config.search_k, seed=config.seed)
+            transform = index_dir / f"{m}.transform.npz"
+            if transform.is_file():
+                grouper.transforms_[m] = Transform.from_arrays(dict(np.load(transform)))
+        normalisers = {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in config.models}
+        vectors = ({m: index.vectors(range(index.size)) for m, index in grouper.indexes_.items()} if neighbours else {})
+        grouper.fusion_ = Fusion(vectors, normalisers, config.fusion_weights(), local_k=config.local_k,
+                                 rerank_k=config.rerank_k, rerank_weight=config.rerank_weight)
+        if "local_offsets" in manifest:
+            grouper._offsets = np.asarray(manifest["local_offsets"])
+            grouper._local_centre = manifest["local_centre"]
+        if "rerank" in manifest:
+            grouper.fusion_.rerank_k, grouper.fusion_.rerank_weight = manifest["rerank"]["k"], manifest["rerank"]["weight"]
+            with np.load(index_dir / manifest["rerank"]["file"]) as lists:  # each array read once
+                grouper._first_stage = FusedNeighbours(lists["ids"].astype(np.int64), lists["dist"])
+        grouper.names_ = manifest.get("images")
+        grouper.labels_ = np.asarray(manifest["group_of"])
+        if neighbours:
+            grouper.neighbours_ = grouper.fusion_.neighbours(grouper.indexes_, config.k)
+        return grouper
+
+    def _fitted_neighbours(self) -> FusedNeighbours:
+        if self.neighbours_ is None:
+            raise ValueError("no neighbour lists: fit the Grouper, or load it with neighbours=True")
+        return self.neighbours_
+
+    def _check(self, vectors: dict[str, np.ndarray], names: list[str] | None) -> None:
+        missing = [m for m in self.config.models if m not in vectors]
+        if missing:
+            raise ValueError(f"no vectors for {', '.join(missing)}; the config's models are {', '.join(self.config.models)}")
+        shapes = {m: np.shape(vectors[m]) for m in self.config.models}
+        if any(len(s) != 2 for s in shapes.values()) or len({s[0] for s in shapes.values()}) != 1:
+            raise ValueError(f"expected (n, dim) arrays of the same n rows, got {shapes}")
+        if names is not None and len(names) != next(iter(shapes.values()))[0]:
+            raise ValueError(f"{len(names)} names for {next(iter(shapes.values()))[0]} rows")
+
+
+def numbered(labels: np.ndarray, names: list[str] | None = None) -> np.ndarray:
+    """Labels renumbered 0, 1, ... by group size, largest first; ties by the name of the group's first
+    row (by the row itself without names): the group ids of groups.json."""
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    first = np.full(len(counts), len(labels))
+    np.minimum.at(first, inverse, np.arange(len(labels)))
+    key = [(-counts[g], names[first[g]] if names is not None else first[g]) for g in range(len(counts))]
+    rank = np.empty(len(counts), dtype=np.int64)
+    rank[sorted(range(len(counts)), key=key.__getitem__)] = np.arange(len(counts))
+    return rank[inverse]
+
+
+def _registry_dim(model: str) -> int:
+    from ensemble_group.extractors import MODELS  # indexes written before index_dims was recorded
+
+    return MODELS[model].dim
+
+
+def prepare_vectors(vectors: dict[str, np.ndarray], config: Config) -> tuple[dict[str, Transform], dict[str, np.ndarray]]:
+    """Per-model corpus-level post-processing (power, whitening, DBA) as configured; identity by default."""
+    transforms, out = {}, {}
+    for m, v in vectors.items():
+        transforms[m], out[m] = prepare(v, power=config.power, whiten_dim=config.whiten_dim,
+                                        whiten_shrink=config.whiten_shrink,
+                                        whiten_min=config.whiten_min, dba_k=config.dba_k,
+                                        dba_alpha=config.dba_alpha, n_trees=config.n_trees, seed=config.seed)
+    return transforms, out
+
+
+def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter=None) -> dict[str, ModelIndex]:
+    """One Annoy index per model over its (post-processed) vectors."""
+    from ensemble_group.pipeline import Reporter
+
+    reporter = reporter or Reporter()
+    indexes = {}
+    for name, v in vectors.items():
+        with reporter.task(f"indexing {name}", 1) as advance:
+            indexes[name] = ModelIndex(v.shape[1], n_trees=config.n_trees, search_k=config.search_k,
+                                       seed=config.seed).build(v)
+            advance(1)
+    return indexes
+
+
+def read_manifest(index_dir: Path, rebuild: str = "", required: tuple[str, ...] = ()) -> tuple[dict[str, Any], Config]:
+    """(the manifest, the fitted config) of an index folder, checked as a whole first: the manifest
+    readable and complete (its own keys and the caller's `required` ones), every file it lists there
+    and with its checksum (IndexDamaged otherwise)."""
+    manifest_path = index_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no saved index in {index_dir} (expected {MANIFEST}); "
+                                "build one with `ensemble-group group` or `ensemble-group index`")
+    rebuild = rebuild or "rebuild it"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        config = Config(**{**manifest["config"], "models": tuple(manifest["config"]["models"])})
+        missing = [key for key in (*required, "group_of", "normalisers") if key not in manifest]
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, a key missing, a value of the wrong kind
+        raise IndexDamaged(f"{manifest_path} is damaged ({type(e).__name__}: {e}); {rebuild}") from None
+    if missing:
+        raise IndexDamaged(f"{manifest_path} lacks {', '.join(missing)}; {rebuild}")
+    if manifest.get("format", 0) > INDEX_FORMAT:
+        raise IndexDamaged(f"{index_dir} was written by a newer ensemble-group (format {manifest['format']}); "
+                           "upgrade, or rebuild it with this one")
+    for name, digest in manifest.get("files", {}).items():  # indexes written before format 1 carry none
+        path = index_dir / name
+        if not path.is_file():
+            raise IndexDamaged(f"{path} is missing; {rebuild}")
+        if file_digest(path) != digest:
+            raise IndexDamaged(f"{path} is not the file this index was written with (truncated, altered or "
+                               f"from another run); {rebuild}")
+    return manifest, config
