@@ -269,10 +269,6 @@ def _read_decode(path: Path) -> np.ndarray:
     return _decode(data)
 
 
-def file_sha256(path: Path) -> str:
-    return _inspect(path)[0]
-
-
 def _inspect(path: Path) -> tuple[str, str]:
     """(sha256 hex digest, repair note) of one file: what hashing a folder learns without decoding."""
     try:

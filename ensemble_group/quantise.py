@@ -46,7 +46,8 @@ def calibration_photos(folder: Path | str | None = None) -> Calibration:
 
     Raises ValueError if the folder is missing or holds fewer than MIN_PHOTOS readable photos.
     """
-    from ensemble_group.images import IMAGE_EXTENSIONS, file_sha256
+    from ensemble_group.images import IMAGE_EXTENSIONS
+    from ensemble_group.outputs import file_digest
 
     folder = Path(folder) if folder else SHIPPED
     if not folder.is_dir():
@@ -54,7 +55,7 @@ def calibration_photos(folder: Path | str | None = None) -> Calibration:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())[:MAX_PHOTOS]
     if len(files) < MIN_PHOTOS:
         raise ValueError(f"calibration folder {folder}: {len(files)} photos; int8 needs at least {MIN_PHOTOS}")
-    digest = hashlib.sha256("".join(sorted(file_sha256(p) for p in files)).encode()).hexdigest()[:12]
+    digest = hashlib.sha256("".join(sorted(file_digest(p) for p in files)).encode()).hexdigest()[:12]
     return Calibration(files, digest)
 
 

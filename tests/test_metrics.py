@@ -286,3 +286,17 @@ def test_align_errors(layout, tmp_path):
         align({"groups": [{"images": ["a.jpg"]}, {"images": ["./a.jpg"]}]}, data, labels, data)
     with pytest.raises(ValueError, match="'groups' list"):
         align({"clusters": []}, data, labels, data)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ari_and_nmi_agree_with_scikit_learn(seed):
+    """scikit-learn's implementations as the reference (NMI: its default arithmetic mean), random labelings
+    from 2 to 300 items, degenerate ones included (one cluster, all singletons)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(2, 300))
+    t = rng.integers(0, int(rng.integers(1, 30)), n)
+    p = {0: np.zeros(n, int), 1: np.arange(n)}.get(seed % 5, rng.integers(0, int(rng.integers(1, 30)), n))
+    assert adjusted_rand_index(t, p) == approx(adjusted_rand_score(t, p), abs=1e-10)
+    assert normalized_mutual_info(t, p) == approx(normalized_mutual_info_score(t, p), abs=1e-10)
