@@ -49,7 +49,7 @@ def main() -> None:
     from ensemble_group.cpu import choose_precision
     from ensemble_group.evaluation.compare import TABLE_COLUMNS, compare, describe_split
     from ensemble_group.evaluation.metrics import format_table
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     class Log(Reporter):
         def log(self, message: str) -> None:

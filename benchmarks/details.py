@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import ROOT, cpu, write_result  # noqa: E402
 
-from ensemble_group.extractors import l2_normalise  # noqa: E402
+from ensemble_group.pooling import l2_normalise  # noqa: E402
 
 WINDOWS = (4, 6, 8)  # window sides in cells of the stride-16 map (block5_conv3), half-overlapping
 

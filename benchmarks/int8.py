@@ -33,7 +33,9 @@ def export(models: list[str], out: Path, random_weights: bool) -> None:
     import tensorflow as tf
 
     from ensemble_group import lite
-    from ensemble_group.extractors import MODELS, Extractor, frame_batch, l2_normalise
+    from ensemble_group.extractors import MODELS, Extractor
+    from ensemble_group.images import frame_batch
+    from ensemble_group.pooling import l2_normalise
     from ensemble_group.images import load
     from ensemble_group.weights import resolve
     from precision import converted
@@ -66,7 +68,9 @@ def option_cosine(spec, path, x, save: Path):
     int8 backbone's map; its flatbuffer written to `save`) to float R-MAC."""
     import numpy as np
 
-    from ensemble_group.extractors import Extractor, l2_normalise, pooled
+    from ensemble_group.extractors import Extractor
+
+    from ensemble_group.pooling import l2_normalise, pooled
     from precision import int8_option
 
     exact = np.asarray(pooled(Extractor(spec, path, lite=False, winograd=False).model, "rmac")(x, training=False))

@@ -82,7 +82,7 @@ def main() -> None:
     from ensemble_group.evaluation.compare import (Arm, Subset, cutoff_grid, labelled_features, neighbours_for,
                                                    split_products)
     from ensemble_group.evaluation.metrics import pairwise_prf
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     config = load_config(args.config)
     arm = Arm("ensemble", config.models)

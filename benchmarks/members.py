@@ -27,7 +27,9 @@ from speed import best_of, per_member_main, predicted, twin  # noqa: E402
 def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> dict:
     import numpy as np
 
-    from ensemble_group.extractors import MODELS, Extractor, frame_batch
+    from ensemble_group.extractors import MODELS, Extractor
+
+    from ensemble_group.images import frame_batch
     from ensemble_group.images import load
     from ensemble_group.weights import resolve
 

@@ -30,7 +30,11 @@ SCALES = (1.0, 2 ** -0.5, 0.5)
 def multiscale_vectors(paths: list[Path], models: tuple[str, ...], batch: int = 32) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
-    from ensemble_group.extractors import MODELS, frame_batch, l2_normalise
+    from ensemble_group.extractors import MODELS
+
+    from ensemble_group.images import frame_batch
+
+    from ensemble_group.pooling import l2_normalise
     from ensemble_group.images import load
 
     trunks = {m: any_size_trunk(m) for m in models}
@@ -54,7 +58,7 @@ def main() -> None:
 
     from ensemble_group.config import load_config
     from ensemble_group.evaluation.compare import Arm, Subset, labelled_features, run_arm, split_products
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     config = load_config(args.config)
     report = {"config": Path(args.config).name, "scales": SCALES, "sets": {},

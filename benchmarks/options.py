@@ -28,7 +28,9 @@ def main() -> None:
     member_options(parser, images=64)
     args = parser.parse_args()
 
-    from ensemble_group.extractors import MODELS, Extractor, frame_batch
+    from ensemble_group.extractors import MODELS, Extractor
+
+    from ensemble_group.images import frame_batch
     from ensemble_group.images import load
     from ensemble_group.weights import resolve
 

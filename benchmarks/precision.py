@@ -53,13 +53,14 @@ def int8_option(spec, path, save: Path | None = None):
 
     from ensemble_group import lite, quantise
     from ensemble_group.extractors import Extractor, backbone
+    from ensemble_group.pooling import pool
 
     net = backbone(Extractor(spec, path, lite=False, winograd=False).model)
     fn = tf.function(lambda v: net(v, training=False))
     files = quantise.calibration_photos().photos
     batches = lambda: quantise.calibration_batches(files, spec.input_size, spec.preprocess)  # noqa: E731
     maps = lite.LiteForward(lambda: quantise.convert_int8(fn, spec.input_size, batches), save)
-    return lambda x: quantise.pool(maps(x), "rmac")
+    return lambda x: pool(maps(x), "rmac")
 
 
 def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> list[dict]:
@@ -67,7 +68,9 @@ def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> l
     import tensorflow as tf
 
     from ensemble_group import lite
-    from ensemble_group.extractors import MODELS, Extractor, frame_batch, l2_normalise, pooled
+    from ensemble_group.extractors import MODELS, Extractor
+    from ensemble_group.images import frame_batch
+    from ensemble_group.pooling import l2_normalise, pooled
     from ensemble_group.images import load
     from ensemble_group.weights import resolve
 

@@ -29,7 +29,9 @@ from accuracy import sets  # noqa: E402
 from details import any_size_trunk, conv_map, windows  # noqa: E402
 from speed import ROOT, cpu, write_result  # noqa: E402
 
-from ensemble_group.extractors import MODELS, l2_normalise  # noqa: E402
+from ensemble_group.extractors import MODELS  # noqa: E402
+
+from ensemble_group.pooling import l2_normalise
 
 WINDOW_FRACTIONS = (0.3, 0.45, 0.6)  # window side as a share of the map's long side, half-overlapping
 
@@ -54,7 +56,7 @@ def main() -> None:
     from ensemble_group.config import load_config
     from ensemble_group.evaluation.compare import Arm, Subset, labelled_features, neighbours_for
     from ensemble_group.grouping import group_as
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     config = load_config(args.config)
     folder, labels = sets(args.grocery)[args.set]

@@ -40,7 +40,7 @@ def main() -> None:
 
     from ensemble_group.config import load_config
     from ensemble_group.evaluation.compare import Arm, arm_vectors, mean_rows, split_runs
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     config = load_config(args.config).replace(pooling="avg")  # the previous default, what the options change
     arms = [Arm(ROWS[0], config.models), Arm(ROWS[1], config.models, (("pooling", "rmac"),)),

@@ -30,7 +30,7 @@ def synthetic(n: int, seed: int = 0):
     """{model: (n, dim) unit vectors}: products with 1-6 views each, model-specific noise."""
     import numpy as np
 
-    from ensemble_group.extractors import l2_normalise
+    from ensemble_group.pooling import l2_normalise
 
     rng = np.random.default_rng(seed)
     views = rng.integers(1, 7, n)

@@ -54,7 +54,7 @@ def main() -> None:
                                                    original_model, split_runs)
     from ensemble_group.evaluation.metrics import pairwise_prf
     from ensemble_group.grouping import group_as
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     config = load_config(args.config)
     original = original_model(config)

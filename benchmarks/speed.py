@@ -74,7 +74,7 @@ def twin(spec, path, extractor):
 
 def predicted(spec, model, framed):
     """Unit vectors from a plain batch-32 `model.predict` of framed (n, s, s, 3) 0..255 images."""
-    from ensemble_group.extractors import l2_normalise
+    from ensemble_group.pooling import l2_normalise
 
     return l2_normalise(model.predict(spec.preprocess(framed), batch_size=32, verbose=0))
 
@@ -85,7 +85,11 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
     (how far int8 moves them from float32)."""
     import numpy as np
 
-    from ensemble_group.extractors import MODELS, Extractor, frame_batch, pooled
+    from ensemble_group.extractors import MODELS, Extractor
+
+    from ensemble_group.images import frame_batch
+
+    from ensemble_group.pooling import pooled
     from ensemble_group.images import load
     from ensemble_group.pipeline import member_calibrations
 

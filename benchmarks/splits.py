@@ -78,7 +78,7 @@ def main() -> None:
 
     from ensemble_group.config import load_config
     from ensemble_group.evaluation.compare import labelled_features
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     config = load_config(args.config)
     available = {n: p for n, p in sets(args.grocery).items() if n in args.sets and p[1].is_file()}

@@ -143,7 +143,7 @@ def main() -> None:
     from ensemble_group.fusion import Fusion
     from ensemble_group.grouping import group_as
     from ensemble_group.grouper import build_indexes, prepare_vectors
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     config = load_config(args.config)
     if args.precision:

@@ -17,6 +17,8 @@ import numpy as np
 
 from ensemble_group import quantise, quiet_tf
 from ensemble_group.fold import fold_batchnorm
+from ensemble_group.images import frame_batch
+from ensemble_group.pooling import l2_normalise, pool, pooled
 from ensemble_group.winograd import accelerate
 
 
@@ -145,7 +147,7 @@ class Extractor:
         self.pooling = pooling
         self.flip = flip
         self.model, self.winograd_layers, self.folded_layers, self._fallback = None, 0, 0, None
-        self.int8 = calibration is not None  # the backbone gives its last map, pooled in float (quantise.pool)
+        self.int8 = calibration is not None  # the backbone gives its last map, pooled in float (pooling.pool)
         lite_runtime = "tflite-int8" if self.int8 else "tflite"
         failed_before = lite_file is not None and tflite.failure_file(lite_file).is_file()
         lite = lite and tflite.available() and not failed_before
@@ -223,81 +225,7 @@ class Extractor:
                 raise
             (self._forward, self.runtime), self._fallback = self._fallback, None
             out = np.asarray(self._forward(x))
-        return quantise.pool(out, self.pooling) if self.int8 else out
-
-
-GEM_P = 3.0  # Radenovic et al. 2018: p = 3 is their fixed, untrained choice
-
-
-def pooled(model: "keras.Model", pooling: str) -> "keras.Model":  # noqa: F821
-    """The same net with `pooling` (avg | gem | rmac) of its last map in place of its global average.
-
-    Shares the layers (and any acceleration) of `model`; "avg" returns `model` itself.
-    """
-    keras = quiet_tf.keras()
-
-    if pooling == "avg":
-        return model
-    if not isinstance(model.layers[-1], keras.layers.GlobalAveragePooling2D):
-        raise ValueError(f"{model.name}: {pooling} pooling needs a net ending in global average pooling")
-    fmap = model.layers[-2].output
-    head = gem if pooling == "gem" else rmac(int(fmap.shape[1]), int(fmap.shape[2]))
-    return keras.Model(model.input, keras.layers.Lambda(head, name=pooling)(fmap), name=f"{model.name}_{pooling}")
-
-
-def gem(x):
-    """Generalized-mean pooling of (n, h, w, c) maps, (mean x^p)^(1/p): it weighs each channel's
-    strongest activations more than average pooling does, so a product's distinctive print or logo
-    counts for more than the background. Every member's last map is post-ReLU (x >= 0), as GeM needs."""
-    keras = quiet_tf.keras()
-
-    return keras.ops.power(keras.ops.mean(keras.ops.power(keras.ops.maximum(x, 1e-6), GEM_P), axis=(1, 2)),
-                           1.0 / GEM_P)
-
-
-RMAC_LEVELS = 3  # Tolias et al. 2016: regions at 3 scales
-
-
-def rmac_regions(h: int, w: int, levels: int = RMAC_LEVELS, overlap: float = 0.4) -> list[tuple[int, int, int]]:
-    """(top, left, side) of the R-MAC regions of an (h, w) map, sampled as in Radenovic et al.'s
-    cnnimageretrieval: the whole map, then at level l squares of side 2 min(h, w) / (l + 1) spread
-    evenly with about `overlap` (a 7 x 7 map: the whole map twice, 4 squares of 4, 9 of 3)."""
-    side = min(h, w)
-    steps = np.arange(2, 8)
-    b = (max(h, w) - side) / (steps - 1)
-    extra = int(np.argmin(np.abs((side ** 2 - side * b) / side ** 2 - overlap))) + 1
-    wd, hd = (extra, 0) if h < w else (0, extra) if h > w else (0, 0)
-    out = [(0, 0, 0)]  # side 0: the whole map
-    for level in range(1, levels + 1):
-        wl = int(np.floor(2 * side / (level + 1)))
-        if wl == 0:
-            continue
-        half = np.floor(wl / 2 - 1)
-        bw = 0 if level + wd == 1 else (w - wl) / (level + wd - 1)
-        bh = 0 if level + hd == 1 else (h - wl) / (level + hd - 1)
-        lefts = np.floor(half + np.arange(level + wd) * bw) - half
-        tops = np.floor(half + np.arange(level + hd) * bh) - half
-        out += [(int(t), int(left), wl) for t in tops for left in lefts]
-    return out
-
-
-def rmac(h: int, w: int):
-    """R-MAC pooling (Tolias et al., ICLR 2016) of (n, h, w, c) maps: each region of `rmac_regions`
-    max-pooled and l2-normalised, the regions summed. A product that fills only part of the photo (a
-    close-up's detail, a packet on a shelf) still has regions of its own, where the global average
-    mixes it with the background."""
-    keras = quiet_tf.keras()
-
-    boxes = [(0, 0, h, w) if s == 0 else (t, left, s, s) for t, left, s in rmac_regions(h, w)]
-
-    def pool(x):
-        total = 0.0
-        for top, left, dh, dw in boxes:
-            v = keras.ops.max(x[:, top:top + dh, left:left + dw, :], axis=(1, 2))
-            total = total + v / keras.ops.maximum(keras.ops.norm(v, axis=-1, keepdims=True), 1e-30)  # 0 stays 0
-        return total
-
-    return pool
+        return pool(out, self.pooling) if self.int8 else out
 
 
 def backbone(model: "keras.Model") -> "keras.Model":  # noqa: F821
@@ -307,19 +235,3 @@ def backbone(model: "keras.Model") -> "keras.Model":  # noqa: F821
     if not isinstance(model.layers[-1], keras.layers.GlobalAveragePooling2D):
         raise ValueError(f"{model.name}: int8 needs a net ending in global average pooling")
     return keras.Model(model.input, model.layers[-2].output, name=f"{model.name}_map")
-
-
-def frame_batch(images: Sequence[np.ndarray], size: int, framing: str) -> np.ndarray:
-    """Frame every image for a model's input: (n, size, size, 3) float32 0..255."""
-    from ensemble_group.images import frame
-
-    out = np.empty((len(images), size, size, 3), dtype=np.float32)
-    for i, image in enumerate(images):
-        out[i] = frame(image, size, framing)
-    return out
-
-
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; all-zero rows stay zero (an all-black crop can give one)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0).astype(np.float32)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_group.cache import CacheError, EmbeddingCache, model_key
-from ensemble_group.extractors import MODELS, Extractor, frame_batch
+from ensemble_group.extractors import MODELS, Extractor
+from ensemble_group.images import frame_batch
 from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many
 from ensemble_group.quantise import Calibration, tensorflow_version
 

@@ -30,6 +30,7 @@ from ensemble_group.grouping import group_as
 from ensemble_group.index import ModelIndex, angular_distance
 from ensemble_group.outputs import RERANK_FILE, atomic_write, file_digest, to_json
 from ensemble_group.postprocess import Transform, prepare
+from ensemble_group.reporter import Reporter
 from ensemble_group.rerank import query_adjustment
 
 INDEX_FORMAT = 1  # manifest.json's "format": the layout of the index folder (a checksum per file since 1)
@@ -64,11 +65,9 @@ class Grouper:
         self._local_centre = 0.0
         self._first_stage: FusedNeighbours | None = None
 
-    def fit(self, vectors: dict[str, np.ndarray], names: list[str] | None = None, reporter=None) -> "Grouper":
+    def fit(self, vectors: dict[str, np.ndarray], names: list[str] | None = None, reporter: Reporter | None = None) -> "Grouper":
         """Learn, index, fuse and group: `vectors` model -> (n, dim) rows of the same n images, one entry
         per model of the config; `names` (n,) optional, kept for `save`. Returns self."""
-        from ensemble_group.pipeline import Reporter
-
         reporter = reporter or Reporter()
         self._check(vectors, names)
         t0 = time.perf_counter()
@@ -236,10 +235,8 @@ def prepare_vectors(vectors: dict[str, np.ndarray], config: Config) -> tuple[dic
     return transforms, out
 
 
-def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter=None) -> dict[str, ModelIndex]:
+def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter: Reporter | None = None) -> dict[str, ModelIndex]:
     """One Annoy index per model over its (post-processed) vectors."""
-    from ensemble_group.pipeline import Reporter
-
     reporter = reporter or Reporter()
     indexes = {}
     for name, v in vectors.items():

@@ -19,7 +19,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
@@ -386,3 +386,11 @@ def frame(image: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
         im = square
     out = im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
     return np.asarray(out, dtype=np.float32)
+
+
+def frame_batch(images: Sequence[np.ndarray], size: int, framing: str) -> np.ndarray:
+    """Frame every image for a model's input: (n, size, size, 3) float32 0..255."""
+    out = np.empty((len(images), size, size, 3), dtype=np.float32)
+    for i, image in enumerate(images):
+        out[i] = frame(image, size, framing)
+    return out

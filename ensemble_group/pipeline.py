@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,22 +32,12 @@ from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder,
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, staged, to_json)
 from ensemble_group.quantise import Calibration, calibration_photos
+from ensemble_group.reporter import Reporter
 from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
 
 
 class NothingToGroup(RuntimeError):
     """The folder holds no readable image."""
-
-
-class Reporter:
-    """Where the pipeline says what it is doing; the CLI plugs in rich progress bars."""
-
-    def log(self, message: str) -> None:
-        pass
-
-    @contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        yield lambda n: None
 
 
 @dataclass

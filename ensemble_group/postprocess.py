@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ensemble_group.config import Config
-from ensemble_group.extractors import l2_normalise
+from ensemble_group.pooling import l2_normalise
 
 MIN_WHITEN_IMAGES = Config.whiten_min  # 10; the first guess, 50, left folders of 10-49 photos far worse off
 

@@ -74,8 +74,7 @@ def tensorflow_version() -> str:
 def calibration_batches(files: list[Path], size: int, preprocess) -> Iterator[list[np.ndarray]]:
     """The photos squashed to the member's input size and preprocessed, in slices of 4 (a generator, as
     TFLite's converter wants its representative data set); a photo that cannot be decoded is an error."""
-    from ensemble_group.extractors import frame_batch
-    from ensemble_group.images import load
+    from ensemble_group.images import frame_batch, load
 
     framed = frame_batch([load(f) for f in files], size, "squash")
     for s in range(0, len(framed), 4):
@@ -96,24 +95,3 @@ def convert_int8(backbone, input_size: int, batches) -> bytes:
     with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the input stays float
         warnings.simplefilter("ignore", UserWarning)
         return converter.convert()
-
-
-def pool(maps: np.ndarray, pooling: str) -> np.ndarray:
-    """(n, h, w, c) maps -> (n, c) float32, the same pooling as `extractors.pooled` builds into the float
-    nets (avg | gem | rmac), here in numpy."""
-    from ensemble_group.extractors import GEM_P, rmac_regions
-
-    maps = np.asarray(maps, np.float32)
-    if pooling == "avg":
-        return maps.mean(axis=(1, 2))
-    if pooling == "gem":
-        return np.power(np.power(np.maximum(maps, 1e-6), GEM_P).mean(axis=(1, 2)), 1.0 / GEM_P).astype(np.float32)
-    if pooling != "rmac":
-        raise ValueError(f"unknown pooling {pooling!r}")
-    h, w = maps.shape[1:3]
-    total = np.zeros((len(maps), maps.shape[3]), np.float32)
-    for top, left, side in rmac_regions(h, w):
-        dh, dw = (h, w) if side == 0 else (side, side)
-        v = maps[:, top:top + dh, left:left + dw, :].max(axis=(1, 2))
-        total += v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
-    return total

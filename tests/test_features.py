@@ -25,7 +25,7 @@ def test_a_run_pads_only_its_last_batch(tmp_path):
     pytest.importorskip("tensorflow")
     from ensemble_group.features import LazyExtractor, extract
     from ensemble_group.images import hash_folder
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     for p in sorted(SAMPLE.iterdir())[:6]:
         (tmp_path / p.name).write_bytes(p.read_bytes())
@@ -44,7 +44,9 @@ def test_gem_pooling_is_the_generalized_mean_of_the_last_map_and_has_its_own_cac
     pytest.importorskip("tensorflow")
     import keras
 
-    from ensemble_group.extractors import GEM_P, MODELS, Extractor
+    from ensemble_group.extractors import MODELS, Extractor
+
+    from ensemble_group.pooling import GEM_P
     from ensemble_group.features import settings_key
 
     x = np.random.default_rng(0).uniform(0, 255, size=(3, 224, 224, 3)).astype(np.float32)
@@ -62,7 +64,7 @@ def test_gem_pooling_is_the_generalized_mean_of_the_last_map_and_has_its_own_cac
 
 
 def test_rmac_regions_follow_the_papers_sampling():
-    from ensemble_group.extractors import rmac_regions
+    from ensemble_group.pooling import rmac_regions
 
     square = rmac_regions(7, 7)  # whole map, whole map again (level 1), 4 squares of 4, 9 of 3
     assert [r[2] for r in square] == [0, 7] + [4] * 4 + [3] * 9
@@ -78,7 +80,9 @@ def test_rmac_pooling_sums_normalised_regional_maxima_of_the_last_map():
     pytest.importorskip("tensorflow")
     import keras
 
-    from ensemble_group.extractors import MODELS, Extractor, rmac_regions
+    from ensemble_group.extractors import MODELS, Extractor
+
+    from ensemble_group.pooling import rmac_regions
     from ensemble_group.features import settings_key
 
     x = np.random.default_rng(2).uniform(0, 255, size=(3, 224, 224, 3)).astype(np.float32)
@@ -100,7 +104,8 @@ def test_rmac_pooling_sums_normalised_regional_maxima_of_the_last_map():
 
 def test_flip_adds_the_mirror_images_vector_and_has_its_own_cache_key():
     pytest.importorskip("tensorflow")
-    from ensemble_group.extractors import MODELS, Extractor, l2_normalise
+    from ensemble_group.extractors import MODELS, Extractor
+    from ensemble_group.pooling import l2_normalise
     from ensemble_group.features import settings_key
 
     spec = MODELS["mobilenet-v2"]

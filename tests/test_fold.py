@@ -9,7 +9,9 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from ensemble_group import pypi_weights  # noqa: E402
-from ensemble_group.extractors import MODELS, Extractor, frame_batch, l2_normalise  # noqa: E402
+from ensemble_group.extractors import MODELS, Extractor  # noqa: E402
+from ensemble_group.images import frame_batch  # noqa: E402
+from ensemble_group.pooling import l2_normalise  # noqa: E402
 from ensemble_group.fold import fold_batchnorm  # noqa: E402
 from ensemble_group.images import load  # noqa: E402
 

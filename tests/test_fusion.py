@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ensemble_group.extractors import l2_normalise
+from ensemble_group.pooling import l2_normalise
 from ensemble_group.fusion import Fusion, fit_from_distances, fit_normaliser
 from ensemble_group.index import ModelIndex, angular_distance
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ensemble_group.extractors import l2_normalise
+from ensemble_group.pooling import l2_normalise
 from ensemble_group.index import ModelIndex, angular_distance
 
 

@@ -8,10 +8,12 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from ensemble_group import lite, pypi_weights  # noqa: E402
-from ensemble_group.extractors import MODELS, Extractor, frame_batch, l2_normalise  # noqa: E402
+from ensemble_group.extractors import MODELS, Extractor  # noqa: E402
+from ensemble_group.images import frame_batch  # noqa: E402
+from ensemble_group.pooling import l2_normalise  # noqa: E402
 from ensemble_group.features import LazyExtractor, convert_ahead  # noqa: E402
 from ensemble_group.images import load  # noqa: E402
-from ensemble_group.pipeline import Reporter  # noqa: E402
+from ensemble_group.reporter import Reporter  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "flipkart" / "images"
 SPEC = MODELS["mobilenet-v2"]
@@ -99,7 +101,7 @@ def test_helpers_never_rerun_the_users_script(tmp_path):
     script.write_text(
         "from pathlib import Path\n"
         "from ensemble_group.features import LazyExtractor, convert_ahead\n"
-        "from ensemble_group.pipeline import Reporter\n"
+        "from ensemble_group.reporter import Reporter\n"
         f"with open({str(tmp_path / 'runs.txt')!r}, 'a') as f: f.write('run\\n')\n"
         "members = [LazyExtractor('mobilenet-v2', None, batch_size=2, framing='squash', pooling=p,\n"
         "                         weights_id='random:seed=0') for p in ('avg', 'gem')]\n"

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ensemble_group.config import Config
-from ensemble_group.extractors import l2_normalise
+from ensemble_group.pooling import l2_normalise
 from ensemble_group.postprocess import MIN_WHITEN_IMAGES, fit_transform, prepare
 
 

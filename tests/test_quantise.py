@@ -15,7 +15,8 @@ from ensemble_group import pypi_weights, quantise  # noqa: E402
 from ensemble_group.cli import app  # noqa: E402
 from ensemble_group.config import Config, ConfigError  # noqa: E402
 from ensemble_group.evaluation.compare import descriptor_arms, extraction_change  # noqa: E402
-from ensemble_group.extractors import MODELS, Extractor, gem, rmac  # noqa: E402
+from ensemble_group.extractors import MODELS, Extractor  # noqa: E402
+from ensemble_group.pooling import gem, pool, rmac  # noqa: E402
 from ensemble_group.features import LazyExtractor, settings_key  # noqa: E402
 from ensemble_group.images import load  # noqa: E402
 
@@ -28,11 +29,11 @@ SPEC = MODELS["mobilenet-v2"]
 def test_the_float_pooling_heads_in_numpy_equal_the_nets_own(shape):
     maps = np.random.default_rng(0).gamma(1.0, 1.0, shape).astype(np.float32)
     maps[0, :, :, 0] = 0  # a dead channel: R-MAC's regions keep it 0
-    assert np.allclose(quantise.pool(maps, "avg"), maps.mean(axis=(1, 2)), atol=1e-6)
-    assert np.allclose(quantise.pool(maps, "gem"), np.asarray(gem(maps)), rtol=1e-5)
-    assert np.allclose(quantise.pool(maps, "rmac"), np.asarray(rmac(*shape[1:3])(maps)), rtol=1e-5, atol=1e-6)
+    assert np.allclose(pool(maps, "avg"), maps.mean(axis=(1, 2)), atol=1e-6)
+    assert np.allclose(pool(maps, "gem"), np.asarray(gem(maps)), rtol=1e-5)
+    assert np.allclose(pool(maps, "rmac"), np.asarray(rmac(*shape[1:3])(maps)), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="unknown pooling"):
-        quantise.pool(maps, "max")
+        pool(maps, "max")
 
 
 def test_the_shipped_calibration_set_and_a_users_own(tmp_path):

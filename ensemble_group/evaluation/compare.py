@@ -251,7 +251,7 @@ def compare(folder: Path, labels_csv: Path, config: Config, *, seed: int = 0, sp
     config's (those rows; the plain and original rows when the config pools otherwise than by average)
     reads the folder extracted with its settings.
     """
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     if splits is not None and splits < 1:
         raise ValueError(f"splits must be >= 1, got {splits}")
@@ -346,7 +346,7 @@ TABLE_COLUMNS = ["arm", "cutoff", "n_pred_groups", "n_true_groups", "ari", "nmi"
 
 def tune(folder: Path, labels_csv: Path, config: Config, *, reporter=None, cache_file="default") -> dict[str, Any]:
     """Sweep the cutoff of the configured grouping over all labelled images: curve, bests, distances."""
-    from ensemble_group.pipeline import Reporter
+    from ensemble_group.reporter import Reporter
 
     reporter = reporter or Reporter()
     vectors, products, _, info = labelled_features(Path(folder), Path(labels_csv), config, reporter, cache_file,
