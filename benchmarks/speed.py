@@ -91,7 +91,7 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
 
     from ensemble_group.pooling import pooled
     from ensemble_group.images import load
-    from ensemble_group.pipeline import member_calibrations
+    from ensemble_group.features import member_calibrations
 
     images = [load(f) for f in files]
     int8 = member_calibrations(config.replace(models=models))
@@ -127,7 +127,8 @@ def raw_predict(models: list[str], files: list[Path], weights) -> float:
 def measure(kind: str, config_path: str, models: list[str], n: int, random_weights: bool) -> dict:
     """One measurement, in this (fresh) process; the parent times the whole process."""
     from ensemble_group.config import load_config
-    from ensemble_group.pipeline import group_folder, resolve_weights
+    from ensemble_group.features import resolve_weights
+    from ensemble_group.pipeline import group_folder
 
     config = load_config(config_path).replace(models=models, allow_random_weights=random_weights or None)
     files = photos(n)

@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_group.cache import CacheError, EmbeddingCache, model_key
+from ensemble_group.config import Config
+from ensemble_group.cpu import choose_precision
 from ensemble_group.extractors import MODELS, Extractor
-from ensemble_group.images import frame_batch
-from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many
-from ensemble_group.quantise import Calibration, tensorflow_version
+from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many, frame_batch
+from ensemble_group.quantise import Calibration, calibration_photos, tensorflow_version
+from ensemble_group.reporter import Reporter
+from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
 
 CHUNK = 128  # about this many images decoded at a time: bounds memory, and the most a kill can lose
 
@@ -257,3 +260,50 @@ def open_cache(path: Path | None, log, *, required: bool = False) -> EmbeddingCa
                              "pass --no-cache") from None
         log(f"WARNING: the embedding cache {path} cannot be used ({e}); running without it")
         return None
+
+
+def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str, WeightsRef]:
+    """Find every model's weights before any image is read, so a missing file fails in seconds."""
+    found, missing = {}, []
+    with reporter.task("finding weights", len(config.models)) as advance:
+        for m in config.models:
+            try:
+                found[m] = resolve(m, config.weights_files.get(m), allow_random=config.allow_random_weights,
+                                   log=reporter.log)
+            except WeightsNotFound as e:
+                missing.append(str(e))
+            advance(1)
+    if missing:
+        raise WeightsNotFound("\n\n".join(missing))
+    return found
+
+
+def member_calibrations(config: Config) -> dict[str, Calibration | None]:
+    """The calibration set each member is quantised with, None for float32: when the precision is int8
+    (set, or chosen by "auto" on this CPU: `cpu.choose_precision`), the members where int8 pays
+    (`ModelSpec.int8`). The photos are read once; a missing or too small calibration folder fails here
+    (ValueError), before any model work."""
+    int8 = choose_precision(config.precision, config.lite)[0] == "int8"
+    calibration = calibration_photos(config.calibration) if int8 else None
+    return {m: calibration if MODELS[m].int8 else None for m in config.models}
+
+
+def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
+    """One extractor per member, each loaded on first use (int8 ones with `member_calibrations`)."""
+    int8 = member_calibrations(config)
+    return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing,
+                             winograd=config.winograd, pooling=config.pooling, flip=config.flip,
+                             lite=config.lite, weights_id=weights[m].id, int8=int8[m])
+            for m in config.models}
+
+
+def embed_photo(image: Path | str, config: Config, weights: dict[str, WeightsRef] | None = None) -> dict[str, np.ndarray]:
+    """One photo's vector from each of the config's members: model -> (dim,), as `extract` would give it
+    (no cache: one photo). A photo that cannot be read raises ImageError."""
+    from ensemble_group import lite
+    from ensemble_group.images import load
+
+    array = load(Path(image), Path(image).name)
+    # a batch of one; Winograd only through TFLite (the file `group` converted), never an XLA compile
+    one = config.replace(batch_size=1, winograd=config.winograd and config.lite and lite.available())
+    return {m: ex.embed([array])[0] for m, ex in load_extractors(one, weights or resolve_weights(config)).items()}

@@ -10,7 +10,7 @@ vectors, from memory. Where the vectors come from (a folder, the cache, a cluste
     grouper = Grouper(load_config("configs/offline.toml")).fit({"vgg16-tv": a, "mobilenet-v2": b})
     grouper.labels_                     # (n,) group label of each row
     grouper.save("out/index", names=[...])
-    Grouper.load("out/index").query({"vgg16-tv": q1, "mobilenet-v2": q2}, k=5)
+    Grouper.load("out/index").query({"vgg16-tv": q1, "mobilenet-v2": q2}, k=5)   # or a photo's path
 """
 
 from __future__ import annotations
@@ -93,18 +93,22 @@ class Grouper:
         """(n,) labels of the same fitted rows cut at another cutoff (a sweep, `evaluate --oracle`)."""
         return numbered(group_as(self.config, self._fitted_neighbours(), self.fusion_, cutoff), self.names_)
 
-    def query(self, vectors: dict[str, np.ndarray], k: int | None = None) -> list[tuple[int, float]]:
-        """The k fitted rows nearest one outside image, nearest first: [(row, fused distance)].
+    def query(self, photo: dict[str, np.ndarray] | Path | str, k: int | None = None) -> list[tuple[int, float]]:
+        """The k fitted rows nearest one outside photo, nearest first: [(row, fused distance)].
 
-        `vectors` model -> (dim,) the image's vector as the extractors give it (this applies the
-        post-processing learned in `fit`); it is ranked as `fit` ranked the rows (local scaling and
-        re-ranking included).
+        `photo`: its vectors, model -> (dim,) as the extractors give them, or a photo's path (its
+        vectors are extracted here with the config's members, whose weights must be found). It is
+        ranked as `fit` ranked the rows: the learned post-processing, local scaling and re-ranking.
         """
         if not self.indexes_:
             raise ValueError("this Grouper is not fitted: call fit(vectors) or Grouper.load(dir) first")
+        if isinstance(photo, (str, Path)):
+            from ensemble_group.features import embed_photo
+
+            photo = embed_photo(photo, self.config)
         k = k or self.config.k
         models = self.config.models
-        queries = {m: self.transforms_.get(m, Transform())(np.asarray(vectors[m], np.float32)[None, :])[0]
+        queries = {m: self.transforms_.get(m, Transform())(np.asarray(photo[m], np.float32)[None, :])[0]
                    for m in models}
         per_model = max(k, self.config.k)  # re-ranking needs the candidates a fitted row had
         cand = sorted({int(j) for m in models for j in self.indexes_[m].query(queries[m], per_model)[0]})

@@ -24,16 +24,16 @@ from ensemble_group import __version__, lite
 from ensemble_group.config import Config
 from ensemble_group.cpu import choose_precision
 from ensemble_group.extractors import MODELS
-from ensemble_group.features import Features, LazyExtractor, convert_ahead, extract, open_cache
+from ensemble_group.features import (Features, convert_ahead, embed_photo, extract, load_extractors, open_cache,
+                                     resolve_weights)
 from ensemble_group.fusion import FusedNeighbours, Fusion
 from ensemble_group.grouper import Grouper
 from ensemble_group.grouping import group_margins
-from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder, load
+from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder
 from ensemble_group.outputs import (GROUPS_CSV, GROUPS_JSON, INDEX_DIR, RUN_JSON, atomic_write,
                                     check_out_dir, groups_csv, staged, to_json)
-from ensemble_group.quantise import Calibration, calibration_photos
 from ensemble_group.reporter import Reporter
-from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
+from ensemble_group.weights import WeightsRef
 
 
 class NothingToGroup(RuntimeError):
@@ -137,41 +137,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def resolve_weights(config: Config, reporter: Reporter = Reporter()) -> dict[str, WeightsRef]:
-    """Find every model's weights before any image is read, so a missing file fails in seconds."""
-    found, missing = {}, []
-    with reporter.task("finding weights", len(config.models)) as advance:
-        for m in config.models:
-            try:
-                found[m] = resolve(m, config.weights_files.get(m), allow_random=config.allow_random_weights,
-                                   log=reporter.log)
-            except WeightsNotFound as e:
-                missing.append(str(e))
-            advance(1)
-    if missing:
-        raise WeightsNotFound("\n\n".join(missing))
-    return found
-
-
-def member_calibrations(config: Config) -> dict[str, Calibration | None]:
-    """The calibration set each member is quantised with, None for float32: when the precision is int8
-    (set, or chosen by "auto" on this CPU: `cpu.choose_precision`), the members where int8 pays
-    (`ModelSpec.int8`). The photos are read once; a missing or too small calibration folder fails here
-    (ValueError), before any model work."""
-    int8 = choose_precision(config.precision, config.lite)[0] == "int8"
-    calibration = calibration_photos(config.calibration) if int8 else None
-    return {m: calibration if MODELS[m].int8 else None for m in config.models}
-
-
-def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
-    """One extractor per member, each loaded on first use (int8 ones with `member_calibrations`)."""
-    int8 = member_calibrations(config)
-    return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing,
-                             winograd=config.winograd, pooling=config.pooling, flip=config.flip,
-                             lite=config.lite, weights_id=weights[m].id, int8=int8[m])
-            for m in config.models}
 
 
 def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str, str]:
@@ -302,10 +267,6 @@ def query_index(image: Path, index_dir: Path, *, k: int | None = None, reporter:
     for m in grouper.about_["models"]:
         if weights[m["name"]].id != m["weights_id"]:
             reporter.log(f"WARNING: {m['name']} weights differ from the ones the index was built with")
-    array = load(Path(image), Path(image).name)
-    # one photo: a batch of one; Winograd only through TFLite (the file `group` converted), never an XLA compile
-    extractors = load_extractors(config.replace(batch_size=1, winograd=config.winograd and config.lite
-                                                and lite.available()), weights)
-    found = grouper.query({m: ex.embed([array])[0] for m, ex in extractors.items()}, k or config.k)
+    found = grouper.query(embed_photo(image, config, weights), k or config.k)
     return QueryResult(str(image), [{"image": grouper.names_[row], "distance": round(distance, 4),
                                      "group": int(grouper.labels_[row])} for row, distance in found])

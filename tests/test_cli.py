@@ -119,6 +119,17 @@ def test_query_finds_the_photo_itself_and_its_group(sample_run, weights_cache):
     assert found[0]["distance"] <= found[1]["distance"] <= found[2]["distance"]
 
 
+def test_the_saved_grouper_answers_a_photo_as_query_does(sample_run, weights_cache):
+    from ensemble_group import Grouper
+
+    photo = SAMPLE / "images" / "m-rs19stkt-b-rope-original-imafeeug9ak3rpsp.jpeg"
+    grouper = Grouper.load(sample_run / "out" / "index")  # the folder `group` wrote, read by the Python API
+    found = [(grouper.names_[row], round(d, 4)) for row, d in grouper.query(photo, k=3)]
+    cli = json.loads(invoke("query", photo, "--index", sample_run / "out", "--json", "--k", "3").output)["neighbours"]
+    assert found == [(f["image"], f["distance"]) for f in cli] and found[0][0] == "images/" + photo.name
+    assert grouper.about_["input"] == str(SAMPLE.resolve()) and len(grouper.labels_) == 20
+
+
 def test_evaluate_prints_the_scores(sample_run):
     result = invoke("evaluate", sample_run / "out" / "groups.json", "--labels", SAMPLE / "labels.csv", "--json")
     assert result.exit_code == 0
