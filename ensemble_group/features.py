@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -50,6 +51,52 @@ def settings_key(model: str, weights_id: str, framing: str, pooling: str = "avg"
     return model_key(model, weights_id, framing=framing, input_size=MODELS[model].input_size, **extra)
 
 
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """How one member's vectors are made, in one object: what changes the vectors (`cache_key`: the
+    model, its weights, framing, pooling, flip, the int8 calibration set) and what only changes the
+    speed (winograd, lite, batch_size). The cache, the TFLite file names and `compare` all read it."""
+
+    model: str
+    weights_id: str | None = None  # None: weights set by hand (tests); nothing is cached for them
+    framing: str = "squash"
+    pooling: str = "avg"
+    flip: bool = False
+    int8: Calibration | None = None  # the calibration set when the member runs int8, None for float32
+    winograd: bool = True
+    lite: bool = True
+    batch_size: int = 32
+
+    # the config's keys that change a member's vectors: changing one means extracting again
+    CONFIG_KEYS: ClassVar[tuple[str, ...]] = ("framing", "pooling", "flip", "precision", "calibration")
+
+    @classmethod
+    def of(cls, config: Config, model: str, weights_id: str | None, int8: Calibration | None = None
+           ) -> "ExtractionSettings":
+        """The settings of one member of `config` (`int8`: `member_calibrations(config)[model]`)."""
+        return cls(model, weights_id, config.framing, config.pooling, config.flip, int8, config.winograd,
+                   config.lite, config.batch_size)
+
+    @property
+    def int8_calibration(self) -> str | None:
+        """The id of the calibration set this member is quantised with (None: float32)."""
+        return self.int8.id if self.int8 else None
+
+    def cache_key(self) -> str:
+        """The embedding cache's key for this member's vectors (see `settings_key`)."""
+        return settings_key(self.model, self.weights_id, self.framing, self.pooling, self.flip, self.int8_calibration)
+
+    def lite_file(self) -> Path | None:
+        """Where this member's TFLite flatbuffer is cached (None: TFLite off, or weights with no id)."""
+        if not (self.lite and self.weights_id):  # unnamed weights (tests that set their own) are not cached
+            return None
+        from ensemble_group.lite import cache_file
+        from ensemble_group.weights import cache_dir
+
+        return cache_file(cache_dir(), self.model, self.weights_id, self.pooling, self.winograd,
+                          int8_calibration=self.int8_calibration)
+
+
 def even_batch(n: int, largest: int) -> int:
     """The batch size that covers n images in as few batches as `largest` allows, padding the least.
 
@@ -59,8 +106,8 @@ def even_batch(n: int, largest: int) -> int:
     return -(-n // -(-n // largest)) if n > 0 else largest
 
 
-def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], weights_ids: dict[str, str],
-            cache: EmbeddingCache | None, reporter) -> Features:
+def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], cache: EmbeddingCache | None,
+            reporter) -> Features:
     """Vectors for `images` from the cache or the models; undecodable files move to `skipped`.
 
     Models are loaded only if some image misses the cache, so a warm rerun skips TensorFlow's start-up.
@@ -69,8 +116,7 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
     path_of = {}
     for im in images:
         path_of.setdefault(im.sha256, im.path)
-    keys = {m: settings_key(m, weights_ids[m], ex.framing, ex.pooling, ex.flip, ex.int8_calibration)
-            for m, ex in extractors.items()}
+    keys = {m: ex.settings.cache_key() for m, ex in extractors.items()} if cache else {}
     found: dict[str, dict[str, np.ndarray]] = {}
     for m, ex in extractors.items():
         found[m] = cache.get_many(keys[m], unique, MODELS[m].dim) if cache else {}
@@ -121,32 +167,17 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], wei
 class LazyExtractor:
     """An Extractor built on first use: loading a model costs seconds, and a cache hit needs none.
 
-    With `int8` (a calibration set, `quantise.calibration_photos`), it runs int8 (see `quantise`).
+    `settings.int8` set (a calibration set, `quantise.calibration_photos`): it runs int8 (see `quantise`).
     """
 
-    def __init__(self, name: str, weights_path: Path | None, *, batch_size: int, framing: str,
-                 winograd: bool = True, pooling: str = "avg", flip: bool = False, lite: bool = True,
-                 weights_id: str | None = None, int8: Calibration | None = None) -> None:
-        self.name, self.weights_path, self.batch_size, self.framing = name, weights_path, batch_size, framing
-        self.winograd, self.pooling, self.flip, self.lite, self.weights_id = winograd, pooling, flip, lite, weights_id
-        self.int8 = int8
+    def __init__(self, settings: ExtractionSettings, weights_path: Path | None) -> None:
+        self.settings, self.weights_path = settings, weights_path
+        self.name, self.batch_size, self.framing = settings.model, settings.batch_size, settings.framing
         self._extractor: Extractor | None = None
 
     @property
-    def int8_calibration(self) -> str | None:
-        """The id of the calibration set this member is quantised with (None: float32)."""
-        return self.int8.id if self.int8 else None
-
-    @property
     def lite_file(self) -> Path | None:
-        """Where this member's TFLite flatbuffer is cached (None: TFLite off, or weights with no id)."""
-        if not (self.lite and self.weights_id):  # unnamed weights (tests that set their own) are not cached
-            return None
-        from ensemble_group.lite import cache_file
-        from ensemble_group.weights import cache_dir
-
-        return cache_file(cache_dir(), self.name, self.weights_id, self.pooling, self.winograd,
-                          int8_calibration=self.int8_calibration)
+        return self.settings.lite_file()
 
     def lite_status(self) -> str:
         """What loading this member does about TFLite: "off" (lite = false), "unavailable" (no TFLite in
@@ -155,7 +186,7 @@ class LazyExtractor:
         from ensemble_group import lite
 
         path = self.lite_file
-        if not self.lite:
+        if not self.settings.lite:
             return "off"
         if not lite.available():
             return "unavailable"
@@ -170,10 +201,11 @@ class LazyExtractor:
     @property
     def extractor(self) -> Extractor:
         if self._extractor is None:
-            self._extractor = Extractor(MODELS[self.name], self.weights_path, batch_size=self.batch_size,
-                                        framing=self.framing, winograd=self.winograd, pooling=self.pooling,
-                                        flip=self.flip, lite=self.lite, lite_file=self.lite_file,
-                                        calibration=self.int8.photos if self.int8 else None)
+            s = self.settings
+            self._extractor = Extractor(MODELS[s.model], self.weights_path, batch_size=s.batch_size,
+                                        framing=s.framing, winograd=s.winograd, pooling=s.pooling, flip=s.flip,
+                                        lite=s.lite, lite_file=self.lite_file,
+                                        calibration=s.int8.photos if s.int8 else None)
         return self._extractor
 
     @property
@@ -291,9 +323,7 @@ def member_calibrations(config: Config) -> dict[str, Calibration | None]:
 def load_extractors(config: Config, weights: dict[str, WeightsRef]) -> dict[str, LazyExtractor]:
     """One extractor per member, each loaded on first use (int8 ones with `member_calibrations`)."""
     int8 = member_calibrations(config)
-    return {m: LazyExtractor(m, weights[m].path, batch_size=config.batch_size, framing=config.framing,
-                             winograd=config.winograd, pooling=config.pooling, flip=config.flip,
-                             lite=config.lite, weights_id=weights[m].id, int8=int8[m])
+    return {m: LazyExtractor(ExtractionSettings.of(config, m, weights[m].id, int8[m]), weights[m].path)
             for m in config.models}
 
 

@@ -149,10 +149,10 @@ def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str
             "convert": "TFLite, converted on first use"}  # "convert" left: a helper failed (it warned)
     state = {}
     for m, ex in extractors.items():
-        status, tflite = ex.lite_status(), "TFLite int8" if ex.int8 else "TFLite"
+        status, tflite = ex.lite_status(), "TFLite int8" if ex.settings.int8 else "TFLite"
         if status == "cached":
             state[m] = f"{tflite}, {'converted now' if m in converted else 'already converted'}: {ex.lite_file}"
-        elif status == "failed" and ex.int8:
+        elif status == "failed" and ex.settings.int8:
             state[m] = f"nothing: TFLite cannot run its int8 model; use precision float32 ({lite.failure_file(ex.lite_file)})"
         elif status == "failed":
             state[m] = f"TensorFlow: TFLite cannot run it with this TensorFlow ({lite.failure_file(ex.lite_file)})"
@@ -189,7 +189,7 @@ def folder_features(folder: Path | str, config: Config, *, reporter: Reporter = 
     cache_path = default_cache_file() if cache_file == "default" else cache_file
     cache = open_cache(Path(cache_path) if cache_path else None, reporter.log, required=cache_file != "default")
     try:
-        feats = extract(images, extractors, {m: w.id for m, w in weights.items()}, cache, reporter)
+        feats = extract(images, extractors, cache, reporter)
     finally:
         if cache:
             cache.close()

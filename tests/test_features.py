@@ -23,18 +23,18 @@ def test_even_batch_covers_n_in_the_fewest_batches_with_the_least_padding(n, lar
 def test_a_run_pads_only_its_last_batch(tmp_path):
     """6 images with batch size 4: two batches of 3 (one shape), not 4 + 4 with 2 padded."""
     pytest.importorskip("tensorflow")
-    from ensemble_group.features import LazyExtractor, extract
+    from ensemble_group.features import ExtractionSettings, LazyExtractor, extract
     from ensemble_group.images import hash_folder
     from ensemble_group.reporter import Reporter
 
     for p in sorted(SAMPLE.iterdir())[:6]:
         (tmp_path / p.name).write_bytes(p.read_bytes())
     images, _ = hash_folder(tmp_path)
-    lazy = LazyExtractor("mobilenet-v2", None, batch_size=4, framing="squash")
+    lazy = LazyExtractor(ExtractionSettings("mobilenet-v2", batch_size=4), None)
     shapes = []
     forward = lazy.extractor._forward
     lazy.extractor._forward = lambda x: shapes.append(x.shape[0]) or forward(x)
-    feats = extract(images, {"mobilenet-v2": lazy}, {"mobilenet-v2": "random"}, None, Reporter())
+    feats = extract(images, {"mobilenet-v2": lazy}, None, Reporter())
     assert shapes == [3, 3]
     assert feats.vectors["mobilenet-v2"].shape == (6, 1280)
     assert np.allclose(np.linalg.norm(feats.vectors["mobilenet-v2"], axis=1), 1, atol=1e-5)
@@ -117,3 +117,23 @@ def test_flip_adds_the_mirror_images_vector_and_has_its_own_cache_key():
     mirror_symmetric = np.concatenate([x[:, :, :112], x[:, :, :112][:, :, ::-1]], axis=2)
     np.testing.assert_allclose(flipped.embed_framed(mirror_symmetric), l2_normalise(pooled(mirror_symmetric)), atol=1e-5)
     assert settings_key("vgg16", "w", "squash", flip=True) != settings_key("vgg16", "w", "squash")
+
+
+def test_extraction_settings_key_the_cache_by_what_changes_the_vectors():
+    """One object per member: framing, pooling, flip and the int8 calibration change the key (and so the
+    vectors cached); winograd, lite and the batch size only change the speed."""
+    from ensemble_group.config import Config
+    from ensemble_group.features import ExtractionSettings, settings_key
+    from ensemble_group.quantise import Calibration
+
+    base = ExtractionSettings("vgg16-tv", "w", pooling="rmac")
+    assert base.cache_key() == settings_key("vgg16-tv", "w", "squash", "rmac")
+    for same in (dict(winograd=False), dict(lite=False), dict(batch_size=1)):
+        assert ExtractionSettings("vgg16-tv", "w", pooling="rmac", **same).cache_key() == base.cache_key()
+    keys = {ExtractionSettings(**{"model": "vgg16-tv", "weights_id": "w", "pooling": "rmac", **change}).cache_key()
+            for change in (dict(framing="pad"), dict(flip=True), dict(int8=Calibration([], "abc")), dict(pooling="gem"))}
+    assert len(keys) == 4 and base.cache_key() not in keys
+    config = Config(framing="pad", pooling="gem", flip=True, batch_size=7, lite=False)
+    assert ExtractionSettings.of(config, "mobilenet-v2", "w") == ExtractionSettings(
+        "mobilenet-v2", "w", "pad", "gem", True, None, True, False, 7)
+    assert set(ExtractionSettings.CONFIG_KEYS) >= {"framing", "pooling", "flip", "precision"}

@@ -11,7 +11,7 @@ from ensemble_group import lite, pypi_weights  # noqa: E402
 from ensemble_group.extractors import MODELS, Extractor  # noqa: E402
 from ensemble_group.images import frame_batch  # noqa: E402
 from ensemble_group.pooling import l2_normalise  # noqa: E402
-from ensemble_group.features import LazyExtractor, convert_ahead  # noqa: E402
+from ensemble_group.features import ExtractionSettings, LazyExtractor, convert_ahead  # noqa: E402
 from ensemble_group.images import load  # noqa: E402
 from ensemble_group.reporter import Reporter  # noqa: E402
 
@@ -54,30 +54,29 @@ def test_lite_off_runs_tensorflow():
 
 def test_the_pipelines_extractors_cache_by_model_weights_and_pooling(tmp_path, monkeypatch):
     monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(tmp_path))
-    make = lambda pooling: LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash",  # noqa: E731
-                                         pooling=pooling, weights_id="random:seed=0")
+    make = lambda pooling: LazyExtractor(ExtractionSettings("mobilenet-v2", "random:seed=0", pooling=pooling,  # noqa: E731
+                                                            batch_size=2), None)
     first = make("avg").extractor
     first.embed_framed(photos(2))
     files = list((tmp_path / "tflite").iterdir())
     assert len(files) == 1 and files[0].name.startswith("mobilenet-v2-avg-")
     assert make("avg").extractor.model is None  # found
-    one = LazyExtractor("mobilenet-v2", None, batch_size=1, framing="squash", pooling="avg",
-                        weights_id="random:seed=0")  # as `query` loads it: another batch size, the same file
+    one = LazyExtractor(ExtractionSettings("mobilenet-v2", "random:seed=0", batch_size=1),
+                        None)  # as `query` loads it: another batch size, the same file
     assert one.extractor.model is None
-    no_winograd = LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash", pooling="avg",
-                                weights_id="random:seed=0", winograd=False)
+    no_winograd = LazyExtractor(ExtractionSettings("mobilenet-v2", "random:seed=0", winograd=False, batch_size=2), None)
     assert no_winograd.extractor.model is not None  # its own file: VGG16 converted without Winograd differs
     assert make("gem").extractor.model is not None  # other pooling: another flatbuffer
     assert lite.cache_file(tmp_path, "mobilenet-v2", "a", "avg") != lite.cache_file(tmp_path, "mobilenet-v2", "b", "avg")
-    unnamed = LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash")  # weights set by hand: no cache
+    unnamed = LazyExtractor(ExtractionSettings("mobilenet-v2", batch_size=2), None)  # weights set by hand: no cache
     unnamed.extractor.embed_framed(photos(2))
     assert len(list((tmp_path / "tflite").iterdir())) == 1
 
 
 def test_members_are_converted_ahead_in_helper_processes_whose_files_this_process_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(tmp_path))  # the helpers inherit it
-    make = lambda pooling: LazyExtractor("mobilenet-v2", None, batch_size=2, framing="squash",  # noqa: E731
-                                         pooling=pooling, weights_id="random:seed=0")
+    make = lambda pooling: LazyExtractor(ExtractionSettings("mobilenet-v2", "random:seed=0", pooling=pooling,  # noqa: E731
+                                                            batch_size=2), None)
     members = [make("avg"), make("rmac")]
     assert all(m.needs_conversion() for m in members)
     assert convert_ahead(members, Reporter()) == ["mobilenet-v2"] * 2
@@ -86,7 +85,7 @@ def test_members_are_converted_ahead_in_helper_processes_whose_files_this_proces
     x = photos(3)
     for m in members:
         assert m.extractor.model is None  # loaded from the helper's file, no Keras model built here
-        want = Extractor(SPEC, None, batch_size=2, pooling=m.pooling, lite=False).embed_framed(x)
+        want = Extractor(SPEC, None, batch_size=2, pooling=m.settings.pooling, lite=False).embed_framed(x)
         assert np.sum(m.embed_framed(x) * want, axis=1).min() >= 0.9999
     assert convert_ahead([make("gem")], Reporter()) == []  # one alone converts on first use, in this process
     assert convert_ahead([make("gem")], Reporter(), at_least=1) == ["mobilenet-v2"]
@@ -100,11 +99,11 @@ def test_helpers_never_rerun_the_users_script(tmp_path):
     script = tmp_path / "script.py"
     script.write_text(
         "from pathlib import Path\n"
-        "from ensemble_group.features import LazyExtractor, convert_ahead\n"
+        "from ensemble_group.features import ExtractionSettings, LazyExtractor, convert_ahead\n"
         "from ensemble_group.reporter import Reporter\n"
         f"with open({str(tmp_path / 'runs.txt')!r}, 'a') as f: f.write('run\\n')\n"
-        "members = [LazyExtractor('mobilenet-v2', None, batch_size=2, framing='squash', pooling=p,\n"
-        "                         weights_id='random:seed=0') for p in ('avg', 'gem')]\n"
+        "members = [LazyExtractor(ExtractionSettings('mobilenet-v2', 'random:seed=0', pooling=p, batch_size=2), None)\n"
+        "           for p in ('avg', 'gem')]\n"
         "print(convert_ahead(members, Reporter()))\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           env={**__import__("os").environ, "ENSEMBLE_GROUP_CACHE": str(tmp_path / "cache")})

