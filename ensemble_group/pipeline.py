@@ -53,6 +53,7 @@ class Run:
     grouper: Grouper  # fitted on `vectors`: labels, indexes, fused neighbours; it writes the index folder
     timings: dict[str, float] = field(default_factory=dict)
     runtimes: dict[str, str] = field(default_factory=dict)  # model -> what extracted with it (absent: all cached)
+    chosen_precision: tuple[str, str] | None = None  # (precision, why), as group_folder decided it
     _groups: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
@@ -73,7 +74,7 @@ class Run:
 
     def precision(self) -> tuple[str, str]:
         """The precision the members ran at ("int8": those where it pays, `ModelSpec.int8`), and why."""
-        return choose_precision(self.config.precision, self.config.lite)
+        return self.chosen_precision or choose_precision(self.config.precision, self.config.lite)
 
     def groups(self) -> list[dict[str, Any]]:
         """Groups sorted by size (largest first), each image with its mean fused distance to the rest, and
@@ -201,16 +202,22 @@ def folder_features(folder: Path | str, config: Config, *, reporter: Reporter = 
 
 def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Reporter(),
                  weights: dict[str, WeightsRef] | None = None, cache_file: Path | None | str = "default") -> Run:
-    """Run the whole path on one folder and return the Run (nothing is written)."""
+    """Run the whole path on one folder and return the Run (nothing is written).
+
+    `precision = "auto"` is decided here, once (`cpu.choose_precision`), and the grouper keeps the
+    decision in its config: a saved index is then queried at the precision it was built with, on
+    any machine."""
     t0 = time.perf_counter()
-    feats, weights = folder_features(folder, config, reporter=reporter, weights=weights, cache_file=cache_file)
+    precision = choose_precision(config.precision, config.lite)
+    pinned = config.replace(precision=precision[0])
+    feats, weights = folder_features(folder, pinned, reporter=reporter, weights=weights, cache_file=cache_file)
     t1 = time.perf_counter()
-    grouper = Grouper(config).fit(feats.vectors, [display_name(im.rel) for im in feats.images], reporter)
+    grouper = Grouper(pinned).fit(feats.vectors, [display_name(im.rel) for im in feats.images], reporter)
     t2 = time.perf_counter()
     timings = {"features": round(t1 - t0, 3), **grouper.timings_, "total": round(t2 - t0, 3),
                "extracted": feats.extracted, "from_cache": feats.cached}
     return Run(Path(folder), config, feats.images, feats.skipped, weights, feats.vectors, grouper, timings,
-               feats.runtimes)
+               feats.runtimes, precision)
 
 
 def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:

@@ -55,6 +55,9 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     assert doc["precision"] == run["precision"] == dict(zip(("value", "rule"), choose_precision("auto", True)))
     int8 = "-int8" if doc["precision"]["value"] == "int8" else ""
     assert run["runtimes"] == {"vgg16-tv": f"tflite{int8}", "efficientnet-lite0": f"tflite{int8}", "mobilenet-v2": "tflite"}
+    # the index keeps the precision chosen, so `query` on another kind of CPU extracts as this run did
+    manifest = json.loads((sample_run / "out" / "index" / "manifest.json").read_text())
+    assert doc["config"]["precision"] == "auto" and manifest["config"]["precision"] == doc["precision"]["value"]
 
 
 def test_the_sample_groups_match_its_products(sample_run):
