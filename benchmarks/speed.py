@@ -124,13 +124,15 @@ def raw_predict(models: list[str], files: list[Path], weights) -> float:
     return time.perf_counter() - t0
 
 
-def measure(kind: str, config_path: str, models: list[str], n: int, random_weights: bool) -> dict:
+def measure(kind: str, config_path: str, models: list[str], n: int, random_weights: bool,
+            precision: str | None = None) -> dict:
     """One measurement, in this (fresh) process; the parent times the whole process."""
     from ensemble_group.config import load_config
     from ensemble_group.features import resolve_weights
     from ensemble_group.pipeline import group_folder
 
-    config = load_config(config_path).replace(models=models, allow_random_weights=random_weights or None)
+    config = load_config(config_path).replace(models=models, allow_random_weights=random_weights or None,
+                                              precision=precision)
     files = photos(n)
     weights = resolve_weights(config)
     out: dict = {}
@@ -153,6 +155,7 @@ def run(kind: str, args, models: list[str], env: dict | None = None) -> tuple[fl
     """(wall seconds of a fresh process doing `kind`: interpreter, imports and model loading included, result)."""
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--config", args.config, "--images", str(args.images),
+                          *(["--precision", args.precision] if args.precision else []),
                           *(["--random-weights"] if args.random_weights else []), "--measure", kind,
                           "--one", *models], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -265,6 +268,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--ensemble-only", action="store_true", help="Skip the single-model arms.")
+    parser.add_argument("--precision", choices=["auto", "float32", "int8"], help="instead of the config's")
     parser.add_argument("--rounds", type=int, default=2, help="End to end and plain take turns this many times.")
     parser.add_argument("--random-weights", action="store_true",
                         help="Use random weights where none are found (speed does not depend on weight values; "
@@ -273,7 +277,7 @@ def main() -> None:
     parser.add_argument("--measure", choices=["end_to_end", "plain", "raw"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.measure, args.config, args.one, args.images, args.random_weights)))
+        print(json.dumps(measure(args.measure, args.config, args.one, args.images, args.random_weights, args.precision)))
         return
     from ensemble_group.config import load_config
 
@@ -285,8 +289,8 @@ def main() -> None:
     for models in arms:
         rows.append(one_arm(args, models))
         print(json.dumps(rows[-1]), flush=True)
-    write_result(f"speed-{Path(args.config).stem}.json",
-                 {"config": args.config, "random_weights": args.random_weights, "rounds": args.rounds,
+    write_result(f"speed-{Path(args.config).stem}" + (f"-{args.precision}" if args.precision else "") + ".json",
+                 {"config": args.config, "precision": args.precision, "random_weights": args.random_weights, "rounds": args.rounds,
                   "machine": machine, "rows": rows})
 
 
