@@ -30,10 +30,8 @@ close-up with it (benchmarks/README "Lone images").
 from __future__ import annotations
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial.distance import squareform
 
 from ensemble_group.autocut import resolve_cutoff
 from ensemble_group.config import Config
@@ -104,6 +102,9 @@ def _components(members, src, dst, w, threshold, max_component):
 
 
 def _average_linkage(members: np.ndarray, fusion: Fusion, cutoff: float) -> list[np.ndarray]:
+    from scipy.cluster.hierarchy import fcluster, linkage  # only mode "average": 70 ms of every start-up otherwise
+    from scipy.spatial.distance import squareform
+
     if len(members) <= 2:
         if len(members) == 2 and fusion.pairs(members[:1], members[1:])[0] > cutoff:
             return [members[:1], members[1:]]
@@ -119,6 +120,7 @@ def _average_linkage(members: np.ndarray, fusion: Fusion, cutoff: float) -> list
 
 def canonical(label: np.ndarray) -> np.ndarray:
     """Renumber groups 0..g-1 in order of their first image, so equal groupings compare equal."""
+
     _, first = np.unique(label, return_index=True)
     order = np.argsort(first)
     mapping = np.empty(len(first), dtype=np.int64)
