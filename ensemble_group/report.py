@@ -31,6 +31,7 @@ CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
  margin:0;padding:16px 24px;color:#222;background:#f6f6f4}
 h1{font-size:20px;margin:0 0 4px}h2{font-size:17px;margin:24px 0 8px;border-bottom:1px solid #ddd}
+summary h2{display:inline-block;border:0;cursor:pointer}
 h3{font-size:14px;margin:0 0 6px;display:flex;gap:8px;align-items:center;flex-wrap:wrap}
 a{color:#0a58ca;text-decoration:none}code{font-size:12px;color:#555;word-break:break-all}
 .meta,.n{color:#666}.toc{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 12px}
@@ -192,23 +193,15 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
               f'{data.get("n_skipped", len(data.get("skipped", [])))} skipped')
     parts.append(f'<h1>ensemble-group report</h1><p class="meta"><code>{esc(root)}</code><br>{esc(counts)}</p>')
     links = " ".join(f'<a href="#g{g["id"]}">#{g["id"]} ({len(g["images"])})</a>' for g in multi)
-    nav = ('<a href="#settings">Settings</a> · '
-           + (f'<a href="#check">Check these first ({len(check)})</a> · ' if check else "")
+    nav = ((f'<a href="#check">Check these first ({len(check)})</a> · ' if check else "")
            + f'<a href="#groups">Groups ({len(multi)})</a> · '
            f'<a href="#singletons">Singletons ({len(singles)})</a> · '
            f'<a href="#skipped">Skipped ({len(data.get("skipped", []))})</a>')
     if labels:
         nav += (f' · <a href="#labels">Label check: {_n(len(mixed), "mixed group")}, '
                 f'{_n(len(split), "split product")}</a>')
+    nav += ' · <a href="#settings">Settings</a>'
     parts.append(f'<nav class="toc">{nav}<div class="links">{links}</div></nav>')
-    # settings
-    models = "".join(f'<tr><td>{esc(m.get("name"))}</td><td><code>{esc(m.get("weights_id", ""))}</code></td>'
-                     f'<td>{esc(m.get("dim", ""))}</td>'
-                     f'<td>{esc(m.get("input_size", ""))}</td></tr>' for m in data.get("models", []))
-    kv = lambda d: "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in d.items())  # noqa: E731
-    parts.append(f'<h2 id="settings">Settings</h2><div class="settings">'
-                 f'<table><tr><th>model</th><th>weights id</th><th>dim</th><th>input</th></tr>'
-                 f'{models}</table><table>{kv(cfg)}</table><table>{kv(data.get("versions", {}))}</table></div>')
     if labels:
         items = "".join(f'<li><span class="badge split">product {esc(p)} split over groups '
                         f'{", ".join(map(str, ids))}</span></li>' for p, ids in sorted(split.items()))
@@ -249,6 +242,17 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
                    for s in data.get("skipped", []))
     parts.append(f'<h2 id="skipped">Skipped ({len(data.get("skipped", []))})</h2>'
                  + (f"<table><tr><th>file</th><th>reason</th></tr>{rows}</table>" if rows else "<p>none</p>"))
+    # the run's settings last, folded: a reviewer opens the page for the groups
+    models = "".join(f'<tr><td>{esc(m.get("name"))}</td><td><code>{esc(m.get("weights_id", ""))}</code></td>'
+                     f'<td>{esc(m.get("dim", ""))}</td>'
+                     f'<td>{esc(m.get("input_size", ""))}</td></tr>' for m in data.get("models", []))
+    kv = lambda d: "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in d.items())  # noqa: E731
+    chosen = {f"{key} chosen": f'{d.get("value")} ({d.get("rule")})' for key in ("cutoff", "precision")
+              if isinstance(d := data.get(key), dict)}
+    parts.append(f'<details id="settings"><summary><h2>Settings</h2></summary><div class="settings">'
+                 f'<table><tr><th>model</th><th>weights id</th><th>dim</th><th>input</th></tr>'
+                 f'{models}</table><table>{kv({**chosen, **cfg})}</table><table>{kv(data.get("versions", {}))}</table>'
+                 f'</div></details>')
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<title>ensemble-group report — {esc(root.name)}</title><style>{CSS}</style></head>'

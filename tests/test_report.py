@@ -59,6 +59,7 @@ def run(tmp_path: Path) -> Path:
                        {"name": "mobilenet-v2", "weights_id": "mnv2-def456", "weights_source": "cache",
                         "dim": 1280, "input_size": 224}],
             "versions": {"python": "3.11.7", "tensorflow": "2.21.0"},
+            "precision": {"value": "int8", "rule": "auto: this CPU has avx512_vnni"},
             "groups": groups,
             "skipped": [{"path": "broken.jpg", "reason": "truncated or corrupt JPEG: <marker> & co"}]}
     out = tmp_path / "out"
@@ -112,6 +113,14 @@ def test_report_is_self_contained_and_complete(run: Path):
     # no leftovers from the atomic write; permissions follow the umask, not mkstemp's 0600
     assert sorted(p.name for p in run.parent.iterdir()) == ["groups.json", "report.html"]
     assert out.stat().st_mode & 0o044
+
+
+def test_the_groups_come_first_and_the_settings_last_folded(run: Path):
+    page = write_report(run).read_text(encoding="utf-8")
+    assert page.index('id="groups"') < page.index('id="skipped"') < page.index('<details id="settings">')
+    settings = page.split('<details id="settings">', 1)[1]
+    assert "precision chosen" in settings and "int8 (auto: this CPU has avx512_vnni)" in settings
+    assert "robust-z" in settings and "2.21.0" in settings  # config and versions, folded away
 
 
 def test_report_escapes_file_names(run: Path):
