@@ -65,7 +65,8 @@ class Grouper:
         self._local_centre = 0.0
         self._first_stage: FusedNeighbours | None = None
 
-    def fit(self, vectors: dict[str, np.ndarray], names: list[str] | None = None, reporter: Reporter | None = None) -> "Grouper":
+    def fit(self, vectors: dict[str, np.ndarray], names: list[str] | None = None,
+            reporter: Reporter | None = None) -> "Grouper":
         """Learn, index, fuse and group: `vectors` model -> (n, dim) rows of the same n images, one entry
         per model of the config; `names` (n,) optional, kept for `save`. Returns self."""
         reporter = reporter or Reporter()
