@@ -18,18 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cpu  # noqa: E402
-
-
-def sets(grocery: Path) -> dict[str, tuple[Path, Path]]:
-    return {"sample": (ROOT / "samples" / "flipkart", ROOT / "samples" / "flipkart" / "labels.csv"),
-            "grocery-810": (grocery, grocery / "labels-810.csv"),
-            "grocery-packages": (grocery, grocery / "labels-packages.csv"),
-            "grocery-all": (grocery, grocery / "labels.csv"),
-            "shops": (grocery.parent / "shops", grocery.parent / "shops" / "labels.csv")}
+from common import RESULTS, ROOT, cpu, sets
 
 
 def main() -> None:

@@ -22,10 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cpu, photos  # noqa: E402
+from common import RESULTS, ROOT, cpu, photos
 
 
 def run(folder: Path, out: Path, cache: Path, config: str) -> tuple[float, str]:

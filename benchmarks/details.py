@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import ROOT, cpu, write_result  # noqa: E402
+from common import ROOT, cpu, write_result
 
 from ensemble_group.pooling import l2_normalise  # noqa: E402
 

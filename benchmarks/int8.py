@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import best_of, cpu, photos, write_result  # noqa: E402
+from common import best_of, cpu, photos, write_result
 
 
 def export(models: list[str], out: Path, random_weights: bool) -> None:

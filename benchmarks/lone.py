@@ -22,16 +22,13 @@ Writes results/lone-<config>.json.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import ROOT, sets  # noqa: E402
-from small import draw  # noqa: E402
-from speed import cpu, write_result  # noqa: E402
-from splits import few_photos  # noqa: E402
+from common import ROOT, cpu, sets, write_result
+from small import draw
+from splits import few_photos
 
 PREVIOUS = "nearest photo, margin 1 (before)"
 CASES = ("sample", "grocery-810", "grocery-packages", "grocery-all:3", "grocery-all:4", "grocery-all:6",

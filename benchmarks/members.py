@@ -17,11 +17,10 @@ downloaded here, are timed with random weights (`--random-weights`); their cosin
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import best_of, per_member_main, predicted, twin  # noqa: E402
+from common import best_of, per_member_main
+from speed import predicted, twin
 
 
 def member(name: str, files: list[Path], rounds: int, random_weights: bool) -> dict:

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import sets  # noqa: E402
-from details import any_size_trunk  # noqa: E402
-from speed import ROOT, cpu, write_result  # noqa: E402
+from common import ROOT, cpu, sets, write_result
+from details import any_size_trunk
 
 SCALES = (1.0, 2 ** -0.5, 0.5)
 

@@ -15,10 +15,8 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import best_of, cpu, member_options, photos, write_result  # noqa: E402
+from common import best_of, cpu, member_options, photos, write_result
 
 VARIANTS = {"avg": {}, "gem": {"pooling": "gem"}, "rmac": {"pooling": "rmac"}, "flip": {"flip": True}}
 

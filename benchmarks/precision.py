@@ -21,11 +21,9 @@ AVX-512 VNNI or AVX-VNNI speed int8 up; AVX2 alone does not).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import best_of, per_member_main  # noqa: E402
+from common import best_of, per_member_main
 
 VARIANTS = {"float32": "rmac", "fp16-weights": "rmac", "int8-dynamic": "rmac",
             "float32-avg": "avg", "int8-static": "avg"}

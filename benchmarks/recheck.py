@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import sets  # noqa: E402
-from details import any_size_trunk, conv_map, windows  # noqa: E402
-from speed import ROOT, cpu, write_result  # noqa: E402
+from common import ROOT, cpu, sets, write_result
+from details import any_size_trunk, conv_map, windows
 
 from ensemble_group.extractors import MODELS  # noqa: E402
 

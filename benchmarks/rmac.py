@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import sets  # noqa: E402
-from speed import ROOT, cpu, write_result  # noqa: E402
-from splits import few_photos  # noqa: E402
+from common import ROOT, cpu, sets, write_result
+from splits import few_photos
 
 ROWS = ("average pooling", "R-MAC pooling", "quantile normalisation", "R-MAC + quantile")
 

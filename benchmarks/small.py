@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import sets  # noqa: E402
-from speed import ROOT, cpu, write_result  # noqa: E402
+from common import ROOT, cpu, sets, write_result
 
 BEFORE = "ensemble, whitening only from 50 images (before)"
 

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import RESULTS, ROOT, sets  # noqa: E402
+from common import RESULTS, ROOT, sets
 
 VARIANTS = {"config": (), "no re-ranking": (("rerank_k", 0),), "re-ranking weight 0.6": (("rerank_weight", 0.6),),
             "re-ranking weight 2": (("rerank_weight", 2.0),), "lone images not attached": (("alone_margin", 0.0),)}

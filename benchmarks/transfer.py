@@ -23,16 +23,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import ROOT, cpu, write_result  # noqa: E402
+from common import ROOT, SHARED, cpu, write_result
 
-SHARED = ROOT.parent / "shared" / "datasets"
 SHOPS_TUNE = ("abantecart", "opencart", "prestashop16", "prestashop17", "smartstore", "solidus")
 
 
