@@ -71,6 +71,7 @@ class Grouper:
         per model of the config; `names` (n,) optional, kept for `save`. Returns self."""
         reporter = reporter or Reporter()
         self._check(vectors, names)
+        vectors = {m: vectors[m] for m in self.config.models}  # the config's members, in its order
         t0 = time.perf_counter()
         self.transforms_, prepared = prepare_vectors(vectors, self.config)
         self.indexes_ = build_indexes(prepared, self.config, reporter)
