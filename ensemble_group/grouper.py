@@ -44,7 +44,8 @@ class IndexDamaged(RuntimeError):
 class Grouper:
     """Groups the rows of per-model vectors into products (see the module docstring).
 
-    Fitted attributes: `labels_` (n,) int group labels; `names_` the rows' names (or None);
+    Fitted attributes: `labels_` (n,) int group labels; `members_` the sources fused (the keys of
+    the vectors given to `fit`: normally the config's models); `names_` the rows' names (or None);
     `transforms_` model -> the post-processing learned on the rows; `indexes_` model -> ModelIndex;
     `fusion_` (the per-model normalisers); `neighbours_` the fused (n, k) neighbour lists (None after
     `load` unless asked for). A saved index's extra keys (what the caller wrote) are in `about_`.
@@ -53,6 +54,7 @@ class Grouper:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self.labels_: np.ndarray | None = None
+        self.members_: list[str] = []
         self.names_: list[str] | None = None
         self.transforms_: dict[str, Transform] = {}
         self.indexes_: dict[str, ModelIndex] = {}
@@ -67,11 +69,13 @@ class Grouper:
 
     def fit(self, vectors: dict[str, np.ndarray], names: list[str] | None = None,
             reporter: Reporter | None = None) -> "Grouper":
-        """Learn, index, fuse and group: `vectors` model -> (n, dim) rows of the same n images, one entry
-        per model of the config; `names` (n,) optional, kept for `save`. Returns self."""
+        """Learn, index, fuse and group: `vectors` source -> (n, dim) rows of the same n images, one
+        entry per member (normally the config's models; any named vectors work, e.g. `compare`'s
+        perceptual hashes, but only the config's models can `query` a photo); `names` (n,) optional,
+        kept for `save`. Returns self."""
         reporter = reporter or Reporter()
         self._check(vectors, names)
-        vectors = {m: vectors[m] for m in self.config.models}  # the config's members, in its order
+        self.members_ = list(vectors)
         t0 = time.perf_counter()
         self.transforms_, prepared = prepare_vectors(vectors, self.config)
         self.indexes_ = build_indexes(prepared, self.config, reporter)
@@ -107,9 +111,9 @@ class Grouper:
         if isinstance(photo, (str, Path)):
             from ensemble_group.features import embed_photo
 
-            photo = embed_photo(photo, self.config)
+            photo = embed_photo(photo, self.config.replace(models=self.members_))
         k = k or self.config.k
-        models = self.config.models
+        models = self.members_
         queries = {m: self.transforms_.get(m, Transform())(np.asarray(photo[m], np.float32)[None, :])[0]
                    for m in models}
         per_model = max(k, self.config.k)  # re-ranking needs the candidates a fitted row had
@@ -173,15 +177,17 @@ class Grouper:
                  "rerank", "format", "files"}
         grouper.about_ = {key: value for key, value in manifest.items() if key not in known}
         dims = manifest.get("index_dims", {})
-        for m in config.models:
+        grouper.members_ = list(dims) or list(config.models)  # indexes written before index_dims: the config's
+        for m in grouper.members_:
             grouper.indexes_[m] = ModelIndex.load(index_dir / f"{m}.ann", dims.get(m) or _registry_dim(m),
                                                   n_trees=config.n_trees, search_k=config.search_k, seed=config.seed)
             transform = index_dir / f"{m}.transform.npz"
             if transform.is_file():
                 grouper.transforms_[m] = Transform.from_arrays(dict(np.load(transform)))
-        normalisers = {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in config.models}
+        normalisers = {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in grouper.members_}
         vectors = ({m: index.vectors(range(index.size)) for m, index in grouper.indexes_.items()} if neighbours else {})
-        grouper.fusion_ = Fusion(vectors, normalisers, config.fusion_weights(), local_k=config.local_k,
+        weights = {m: config.model_weights.get(m, 1.0) for m in grouper.members_}  # as Fusion.for_config
+        grouper.fusion_ = Fusion(vectors, normalisers, weights, local_k=config.local_k,
                                  rerank_k=config.rerank_k, rerank_weight=config.rerank_weight)
         if "local_offsets" in manifest:
             grouper._offsets = np.asarray(manifest["local_offsets"])
@@ -202,10 +208,10 @@ class Grouper:
         return self.neighbours_
 
     def _check(self, vectors: dict[str, np.ndarray], names: list[str] | None) -> None:
-        missing = [m for m in self.config.models if m not in vectors]
-        if missing:
-            raise ValueError(f"no vectors for {', '.join(missing)}; the config's models are {', '.join(self.config.models)}")
-        shapes = {m: np.shape(vectors[m]) for m in self.config.models}
+        if not vectors:
+            raise ValueError(f"no vectors: give one (n, dim) array per member, e.g. the config's models "
+                             f"{', '.join(self.config.models)}")
+        shapes = {m: np.shape(v) for m, v in vectors.items()}
         if any(len(s) != 2 for s in shapes.values()) or len({s[0] for s in shapes.values()}) != 1:
             raise ValueError(f"expected (n, dim) arrays of the same n rows, got {shapes}")
         if names is not None and len(names) != next(iter(shapes.values()))[0]:

@@ -31,7 +31,7 @@ def fitted():
 
 def test_fit_returns_itself_with_labels_numbered_like_groups_json(fitted):
     grouper, vectors, truth = fitted
-    assert grouper.labels_.shape == (60,) and grouper.names_[0] == "p000.jpg"
+    assert grouper.labels_.shape == (60,) and grouper.names_[0] == "p000.jpg" and grouper.members_ == list(MODELS)
     assert pairwise_prf(truth, grouper.labels_)["pairwise_f1"] == 1.0  # well-separated products: all found
     sizes = np.bincount(grouper.labels_)
     assert list(sizes) == sorted(sizes, reverse=True)  # id 0 the largest group, as in groups.json
@@ -47,8 +47,10 @@ def test_numbered_breaks_ties_by_the_first_rows_name():
 
 def test_fit_checks_its_input_before_any_work():
     vectors, _ = photos()
-    with pytest.raises(ValueError, match="no vectors for mobilenet-v2"):
-        Grouper(Config(models=MODELS)).fit({MODELS[0]: vectors[MODELS[0]]})
+    with pytest.raises(ValueError, match="no vectors: give one"):
+        Grouper(Config(models=MODELS)).fit({})
+    alone = Grouper(Config(models=MODELS)).fit({MODELS[0]: vectors[MODELS[0]]})  # the members are what it is given
+    assert alone.members_ == [MODELS[0]] and list(alone.indexes_) == [MODELS[0]]
     with pytest.raises(ValueError, match="same n rows"):
         Grouper(Config(models=MODELS)).fit({MODELS[0]: vectors[MODELS[0]], MODELS[1]: vectors[MODELS[1]][:-1]})
     with pytest.raises(ValueError, match="3 names for 60 rows"):
@@ -73,6 +75,7 @@ def test_save_then_load_answers_queries_as_the_fitted_grouper(fitted, tmp_path):
     loaded = Grouper.load(tmp_path)
     assert loaded.about_ == {"input": "/photos"} and loaded.names_ == grouper.names_
     assert loaded.labels_.tolist() == grouper.labels_.tolist() and loaded.config == grouper.config
+    assert loaded.members_ == grouper.members_
     for row in (0, 31, 59):
         query = {m: v[row] for m, v in vectors.items()}
         (rows, dist), (want_rows, want_dist) = zip(*loaded.query(query, k=8)), zip(*grouper.query(query, k=8))

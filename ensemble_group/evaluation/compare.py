@@ -20,6 +20,7 @@ from ensemble_group.cpu import choose_precision
 from ensemble_group.evaluation.metrics import pairwise_prf, bcubed, score
 from ensemble_group.features import ExtractionSettings
 from ensemble_group.fusion import FusedNeighbours, Fusion
+from ensemble_group.grouper import Grouper
 from ensemble_group.grouping import group_as
 from ensemble_group.images import ImageError, decode_many
 
@@ -135,13 +136,10 @@ def split_products(products: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndar
 
 
 def neighbours_for(sub: Subset, arm: Arm, config: Config) -> tuple[Fusion, FusedNeighbours, Config]:
-    """Post-process (learned on this subset, no labels), index, fuse: what the arm's grouper needs."""
-    from ensemble_group.grouper import build_indexes, prepare_vectors
-
-    cfg = arm.config(config)
-    _, vectors = prepare_vectors({m: sub.vectors[m] for m in arm.sources}, cfg)
-    fusion = Fusion.for_config(vectors, cfg)
-    return fusion, fusion.neighbours(build_indexes(vectors, cfg), cfg.k), cfg
+    """Post-process (learned on this subset, no labels), index, fuse: the arm's grouper, fitted on the
+    arm's sources (members, or perceptual hashes), as `group` fits it."""
+    grouper = Grouper(arm.config(config)).fit({m: sub.vectors[m] for m in arm.sources})
+    return grouper.fusion_, grouper.neighbours_, grouper.config
 
 
 def cutoff_grid(neigh: FusedNeighbours, steps: int = 60) -> np.ndarray:
