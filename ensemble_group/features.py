@@ -125,7 +125,7 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], cac
     if missing:
         reporter.log(f"extracting features of {len(missing)} images ({len(unique) - len(missing)} from the cache)")
         convert_ahead([ex for m, ex in extractors.items() if any(h not in found[m] for h in missing)], reporter)
-    largest = max((ex.batch_size for ex in extractors.values()), default=1)
+    largest = max((ex.settings.batch_size for ex in extractors.values()), default=1)
     batch = even_batch(len(missing), largest)
     chunk_size = batch * max(1, CHUNK // largest)  # whole batches: only the run's last batch is padded
     chunks = [missing[s:s + chunk_size] for s in range(0, len(missing), chunk_size)]
@@ -146,7 +146,7 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], cac
                 advance(len(chunk) - len(todo))
                 if not todo:
                     continue
-                key = (MODELS[m].input_size, ex.framing)
+                key = (MODELS[m].input_size, ex.settings.framing)
                 if key not in framed:
                     framed[key] = frame_batch([a for _, a in ok], *key)
                 rows = ex.embed_framed(framed[key][todo], progress=advance, batch_size=batch)
@@ -172,7 +172,6 @@ class LazyExtractor:
 
     def __init__(self, settings: ExtractionSettings, weights_path: Path | None) -> None:
         self.settings, self.weights_path = settings, weights_path
-        self.name, self.batch_size, self.framing = settings.model, settings.batch_size, settings.framing
         self._extractor: Extractor | None = None
 
     @property
@@ -240,11 +239,11 @@ def convert_ahead(extractors: list[LazyExtractor], reporter, *, at_least: int = 
         if len(todo) == 1 or (os.cpu_count() or 1) < 2:  # no parallelism to gain: no helper's start-up to pay
             for ex in todo:
                 _run_once(ex)
-                done.append(ex.name)
+                done.append(ex.settings.model)
                 advance(1)
             return done
         with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
-            futures = {pool.submit(_run_in_helper, ex): ex.name for ex in todo}
+            futures = {pool.submit(_run_in_helper, ex): ex.settings.model for ex in todo}
             for future in as_completed(futures):
                 failure = future.result()
                 if failure is None:
@@ -274,7 +273,7 @@ def _run_in_helper(member: LazyExtractor) -> str | None:
 
 def _run_once(member: LazyExtractor) -> None:
     """Load `member` (converting it if need be) and run one image through it: what a helper does."""
-    size = MODELS[member.name].input_size
+    size = MODELS[member.settings.model].input_size
     member.embed_framed(np.zeros((1, size, size, 3), np.float32), batch_size=1)
 
 

@@ -47,7 +47,8 @@ class Grouper:
     Fitted attributes: `labels_` (n,) int group labels; `members_` the sources fused (the keys of
     the vectors given to `fit`: normally the config's models); `names_` the rows' names (or None);
     `transforms_` model -> the post-processing learned on the rows; `indexes_` model -> ModelIndex;
-    `fusion_` (the per-model normalisers); `neighbours_` the fused (n, k) neighbour lists (None after
+    `fusion_` (the per-model normalisers, and what a query starts from: local scaling's offsets, the
+    first-stage lists re-ranking adjusts); `neighbours_` the fused (n, k) neighbour lists (None after
     `load` unless asked for). A saved index's extra keys (what the caller wrote) are in `about_`.
     """
 
@@ -62,10 +63,6 @@ class Grouper:
         self.neighbours_: FusedNeighbours | None = None
         self.about_: dict[str, Any] = {}
         self.timings_: dict[str, float] = {}  # seconds of fit's stages: post-processing + indexing, fusing + grouping
-        # what a query needs beyond the indexes: local scaling's offsets and the re-ranking's first-stage lists
-        self._offsets: np.ndarray | None = None
-        self._local_centre = 0.0
-        self._first_stage: FusedNeighbours | None = None
 
     def fit(self, vectors: dict[str, np.ndarray], names: list[str] | None = None,
             reporter: Reporter | None = None) -> "Grouper":
@@ -83,8 +80,6 @@ class Grouper:
         with reporter.task("fusing and grouping", 1) as advance:
             self.fusion_ = Fusion.for_config(prepared, self.config)
             self.neighbours_ = self.fusion_.neighbours(self.indexes_, self.config.k)
-            self._offsets, self._local_centre = self.fusion_.offset, self.fusion_.local_centre
-            self._first_stage = self.fusion_.first_stage
             self.names_ = list(names) if names is not None else None
             self.labels_ = numbered(group_as(self.config, self.neighbours_, self.fusion_), self.names_)
             advance(1)
@@ -120,10 +115,11 @@ class Grouper:
         cand = sorted({int(j) for m in models for j in self.indexes_[m].query(queries[m], per_model)[0]})
         raw = {m: angular_distance(self.indexes_[m].vectors(cand), queries[m][None, :]) for m in models}
         fused = self.fusion_.combine(raw)
-        if self._offsets is not None:
-            fused = local_query(fused, self._offsets[cand], self._local_centre, self.config.local_k)
-        if self._first_stage is not None:
-            ids, dist = self._first_stage.ids.astype(np.int64), self._first_stage.dist
+        fusion = self.fusion_  # it holds local scaling's offsets and the lists re-ranking started from
+        if fusion.offset is not None:
+            fused = local_query(fused, fusion.offset[cand], fusion.local_centre, self.config.local_k)
+        if fusion.first_stage is not None:
+            ids, dist = fusion.first_stage.ids.astype(np.int64), fusion.first_stage.dist
             first = np.argsort(fused, kind="stable")[:ids.shape[1]]
             cand, fused = np.asarray(cand)[first], fused[first]
             fused = fused + query_adjustment(ids, dist, cand, fused, self.fusion_.rerank_k, self.fusion_.rerank_weight)
@@ -150,12 +146,13 @@ class Grouper:
         if self.names_ is not None:
             manifest["images"] = self.names_
         manifest["group_of"] = [int(x) for x in self.labels_]
-        if self._offsets is not None:  # local scaling: a query's distances need the fitted rows' offsets
-            manifest["local_offsets"] = [round(float(x), 6) for x in self._offsets]
-            manifest["local_centre"] = self._local_centre
-        if self._first_stage is not None:  # re-ranking: a query enters the lists it started from
+        fusion = self.fusion_
+        if fusion.offset is not None:  # local scaling: a query's distances need the fitted rows' offsets
+            manifest["local_offsets"] = [round(float(x), 6) for x in fusion.offset]
+            manifest["local_centre"] = fusion.local_centre
+        if fusion.first_stage is not None:  # re-ranking: a query enters the lists it started from
             buf = io.BytesIO()
-            np.savez(buf, ids=self._first_stage.ids.astype(np.int32), dist=self._first_stage.dist)
+            np.savez(buf, ids=fusion.first_stage.ids.astype(np.int32), dist=fusion.first_stage.dist)
             atomic_write(index_dir / RERANK_FILE, buf.getvalue())
             manifest["rerank"] = {"k": self.fusion_.rerank_k, "weight": self.fusion_.rerank_weight, "file": RERANK_FILE}
         manifest["format"] = INDEX_FORMAT
@@ -187,19 +184,19 @@ class Grouper:
         normalisers = {m: Normaliser.from_dict(manifest["normalisers"][m]) for m in grouper.members_}
         vectors = ({m: index.vectors(range(index.size)) for m, index in grouper.indexes_.items()} if neighbours else {})
         weights = {m: config.model_weights.get(m, 1.0) for m in grouper.members_}  # as Fusion.for_config
-        grouper.fusion_ = Fusion(vectors, normalisers, weights, local_k=config.local_k,
-                                 rerank_k=config.rerank_k, rerank_weight=config.rerank_weight)
+        fusion = grouper.fusion_ = Fusion(vectors, normalisers, weights, local_k=config.local_k,
+                                          rerank_k=config.rerank_k, rerank_weight=config.rerank_weight)
+        if neighbours:
+            grouper.neighbours_ = fusion.neighbours(grouper.indexes_, config.k)
+        # what queries start from is what was saved (the neighbour lists just rebuilt give the same)
         if "local_offsets" in manifest:
-            grouper._offsets = np.asarray(manifest["local_offsets"])
-            grouper._local_centre = manifest["local_centre"]
+            fusion.offset, fusion.local_centre = np.asarray(manifest["local_offsets"]), manifest["local_centre"]
         if "rerank" in manifest:
-            grouper.fusion_.rerank_k, grouper.fusion_.rerank_weight = manifest["rerank"]["k"], manifest["rerank"]["weight"]
+            fusion.rerank_k, fusion.rerank_weight = manifest["rerank"]["k"], manifest["rerank"]["weight"]
             with np.load(index_dir / manifest["rerank"]["file"]) as lists:  # each array read once
-                grouper._first_stage = FusedNeighbours(lists["ids"].astype(np.int64), lists["dist"])
+                fusion.first_stage = FusedNeighbours(lists["ids"].astype(np.int64), lists["dist"])
         grouper.names_ = manifest.get("images")
         grouper.labels_ = np.asarray(manifest["group_of"])
-        if neighbours:
-            grouper.neighbours_ = grouper.fusion_.neighbours(grouper.indexes_, config.k)
         return grouper
 
     def _fitted_neighbours(self) -> FusedNeighbours:
