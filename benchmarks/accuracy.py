@@ -18,14 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, cpu, sets
+from common import RESULTS, ROOT, chosen_config, config_options, cpu, sets
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
-    parser.add_argument("--precision", choices=["auto", "float32", "int8"],
-                        help="instead of the config's (int8 against float32 on this machine: run both)")
+    config_options(parser)
     parser.add_argument("--grocery", type=Path, default=ROOT.parent / "shared" / "datasets" / "grocery")
     parser.add_argument("--sets", nargs="+", default=["sample", "grocery-810", "grocery-packages", "grocery-all"])
     parser.add_argument("--seed", type=int, default=0)
@@ -34,7 +32,6 @@ def main() -> None:
                         help="also the descriptor rows (other poolings, other framing, flip): extracts each set again")
     args = parser.parse_args()
 
-    from ensemble_group.config import load_config
     from ensemble_group.cpu import choose_precision
     from ensemble_group.evaluation.compare import TABLE_COLUMNS, compare, describe_split
     from ensemble_group.evaluation.metrics import format_table
@@ -44,10 +41,7 @@ def main() -> None:
         def log(self, message: str) -> None:
             print(message, file=sys.stderr, flush=True)
 
-    config = load_config(args.config)
-    if args.precision:
-        config = config.replace(precision=args.precision)
-    name_of_config = Path(args.config).stem + (f"-{args.precision}" if args.precision else "")
+    config, name_of_config = chosen_config(args)
     RESULTS.mkdir(exist_ok=True)
     for name in args.sets:
         folder, labels = sets(args.grocery)[name]

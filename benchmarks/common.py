@@ -91,3 +91,18 @@ def cpu() -> dict:
     return {"model": model, "extensions": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
                                                        "avx512_bf16", "amx_tile", "amx_int8") if f in flags],
             "auto_precision": choose_precision("auto", True, info)[0]}
+
+
+def config_options(parser: argparse.ArgumentParser) -> None:
+    """--config and --precision, as every accuracy and speed script takes them."""
+    parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
+    parser.add_argument("--precision", choices=["auto", "float32", "int8"],
+                        help="instead of the config's (int8 against float32 on this machine: run both)")
+
+
+def chosen_config(args):
+    """(the config --config and --precision give, its name for result files: "offline", "offline-int8")."""
+    from ensemble_group.config import load_config
+
+    config = load_config(args.config).replace(precision=args.precision)  # None: the config's own
+    return config, Path(args.config).stem + (f"-{args.precision}" if args.precision else "")

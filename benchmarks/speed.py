@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, cpu, photos, write_result
+from common import config_options, cpu, photos, write_result
 
 
 def pil_inputs(files: list[Path], size: int):
@@ -195,10 +195,9 @@ def one_arm(args, models: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
+    config_options(parser)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--ensemble-only", action="store_true", help="Skip the single-model arms.")
-    parser.add_argument("--precision", choices=["auto", "float32", "int8"], help="instead of the config's")
     parser.add_argument("--rounds", type=int, default=2, help="End to end and plain take turns this many times.")
     parser.add_argument("--random-weights", action="store_true",
                         help="Use random weights where none are found (speed does not depend on weight values; "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, SHARED, cpu, write_result
+from common import SHARED, chosen_config, config_options, cpu, write_result
 
 SHOPS_TUNE = ("abantecart", "opencart", "prestashop16", "prestashop17", "smartstore", "solidus")
 
@@ -124,9 +124,7 @@ def folders(name: str, products: np.ndarray, rels: list[str], columns: dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
-    parser.add_argument("--precision", choices=["auto", "float32", "int8"],
-                        help="instead of the config's (int8 against float32 on this machine: run both)")
+    config_options(parser)
     parser.add_argument("--sets", nargs="+", default=["sample", "grocery", "shops"])
     parser.add_argument("--draws", type=int, default=20, help="drawn small folders per size (6, 12, 24 products)")
     parser.add_argument("--no-rules", action="store_true", help="only the default and the oracle, not the candidate rules")
@@ -134,7 +132,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from ensemble_group.autocut import resolve_cutoff
-    from ensemble_group.config import load_config
     from ensemble_group.evaluation.compare import best, cutoff_grid, labelled_features, sweep
     from ensemble_group.evaluation.metrics import bcubed, n_groups, pairwise_prf
     from ensemble_group.fusion import Fusion
@@ -142,10 +139,7 @@ def main() -> None:
     from ensemble_group.grouper import build_indexes, prepare_vectors
     from ensemble_group.reporter import Reporter
 
-    config = load_config(args.config)
-    if args.precision:
-        config = config.replace(precision=args.precision)
-    name_of_config = Path(args.config).stem + (f"-{args.precision}" if args.precision else "")
+    config, name_of_config = chosen_config(args)
     paths = {"sample": SHARED / "flipkart-sample", "grocery": SHARED / "grocery", "shops": SHARED / "shops"}
     rows = []
     for name in args.sets:
