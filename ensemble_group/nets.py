@@ -12,6 +12,7 @@ that every model weight is set exactly once and every source tensor is used
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -189,32 +190,42 @@ def convert_vgg16(source_file: Path, model) -> None:
     a.finish()
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0
+# ---------------------------------------------------------------- EfficientNet-Lite0/1/2
 
-# (repeats, kernel, stride, expand, out_channels) -- EfficientNet-B0 stages, no SE
-_LITE0_STAGES = [
-    (1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-    (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320),
-]
+# (repeats, kernel, stride, expand, out_channels) per stage -- EfficientNet-B0's stages, no SE, scaled as
+# Lite scales them (first and last stage's repeats and the 32-filter stem, 1280-filter head kept).  Read
+# from each wheel's state dict: blocks per stage, kernel and output channels (the strides are B0's).
+_LITE_STAGES: dict[str, list[tuple[int, int, int, int, int]]] = {
+    "efficientnet-lite0": [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)],
+    "efficientnet-lite1": [(1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80),
+                           (4, 5, 1, 6, 112), (5, 5, 2, 6, 192), (1, 3, 1, 6, 320)],
+    "efficientnet-lite2": [(1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
+                           (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)],
+}
+_LITE_INPUT = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
+_LITE_STEM, _LITE_HEAD = 32, 1280
 
 
-def build_efficientnet_lite0(include_top: bool = False):
-    """EfficientNet-Lite0: ReLU6, no squeeze-excite, BN eps 1e-3, TF 'same' padding.
+def build_efficientnet_lite(variant: str, include_top: bool = False):
+    """EfficientNet-Lite0/1/2: ReLU6, no squeeze-excite, BN eps 1e-3, TF 'same' padding.
 
     Keras' 'same' is TF's padding (extra pixel bottom/right on stride 2),
-    which is what the TF-trained weights expect.
+    which is what the TF-trained weights expect.  The variants differ only in
+    input size and in their stage table (``_LITE_STAGES``).
     """
     keras = quiet_tf.keras()
     layers = quiet_tf.keras().layers
 
+    size, stages = _LITE_INPUT[variant], _LITE_STAGES[variant]
     eps = 1e-3
     relu6 = lambda name: layers.ReLU(6.0, name=name)  # noqa: E731
-    inp = keras.Input((224, 224, 3), name="image")
-    x = layers.Conv2D(32, 3, 2, "same", use_bias=False, name="_conv_stem")(inp)
+    inp = keras.Input((size, size, 3), name="image")
+    x = layers.Conv2D(_LITE_STEM, 3, 2, "same", use_bias=False, name="_conv_stem")(inp)
     x = layers.BatchNormalization(epsilon=eps, name="_bn0")(x)
     x = relu6("stem_relu6")(x)
-    cin, b = 32, 0
-    for repeats, k, stride, expand, cout in _LITE0_STAGES:
+    cin, b = _LITE_STEM, 0
+    for repeats, k, stride, expand, cout in stages:
         for r in range(repeats):
             s = stride if r == 0 else 1
             p = f"_blocks.{b}"
@@ -231,24 +242,52 @@ def build_efficientnet_lite0(include_top: bool = False):
             if s == 1 and cin == cout:
                 h = layers.Add(name=f"{p}.add")([x, h])
             x, cin, b = h, cout, b + 1
-    x = layers.Conv2D(1280, 1, use_bias=False, name="_conv_head")(x)
+    x = layers.Conv2D(_LITE_HEAD, 1, use_bias=False, name="_conv_head")(x)
     x = layers.BatchNormalization(epsilon=eps, name="_bn1")(x)
     x = relu6("head_relu6")(x)
     x = layers.GlobalAveragePooling2D(name="avgpool")(x)
     if include_top:
         x = layers.Dropout(0.2, name="dropout")(x)
         x = layers.Dense(1000, activation="softmax", name="_fc")(x)
-    return keras.Model(inp, x, name="efficientnet_lite0" + ("" if include_top else "_notop"))
+    name = variant.replace("-", "_")  # efficientnet_lite0, as the graph has always been named
+    return keras.Model(inp, x, name=name + ("" if include_top else "_notop"))
 
 
-def convert_efficientnet_lite0(source_file: Path, model) -> None:
-    """Layers are named after the state-dict prefixes; the classifier is ignored for notop."""
-    from .torchfile import load_state_dict
+def _lite_shape_summary(sd: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(blocks, last block's output channels) of an EfficientNet-Lite state dict, for error messages."""
+    blocks = sum(1 for k in sd if k.startswith("_blocks.") and k.endswith("._project_conv.weight"))
+    last = sd.get(f"_blocks.{blocks - 1}._project_conv.weight")
+    return blocks, (int(np.shape(last)[0]) if last is not None else -1)
+
+
+def convert_efficientnet_lite(variant: str, source_file: Path, model) -> None:
+    """Layers are named after the state-dict prefixes; the classifier is ignored for notop.
+
+    A state dict of another variant (other block count or channels) is refused up front, naming both.
+    """
+    from . import torchfile
 
     has_top = any(l.name == "_fc" for l in model.layers)
-    src = load_state_dict(source_file)
+    src = torchfile.load_state_dict(source_file)
+    want = (sum(n for n, *_ in _LITE_STAGES[variant]), _LITE_STAGES[variant][-1][-1])
+    got = _lite_shape_summary(src)
+    if got[0] == 0:
+        raise ConversionError(f"{Path(source_file).name} has no EfficientNet blocks (_blocks.N tensors): "
+                              "not an EfficientNet-Lite state dict")
+    if got != want:
+        fits = [v for v, st in _LITE_STAGES.items() if (sum(n for n, *_ in st), st[-1][-1]) == got]
+        raise ConversionError(
+            f"{Path(source_file).name} has {got[0]} blocks ending in {got[1]} channels, {variant} has "
+            f"{want[0]} ending in {want[1]}" + (f": it looks like {', '.join(fits)}" if fits else
+                                               f": no known variant has that shape ({', '.join(_LITE_STAGES)})"))
     _auto_convert(model, src, ignore=lambda k: _is_bn_counter(k)
                   or (not has_top and k.startswith("_fc.")))
+
+
+def _lite_net(variant: str) -> NetDef:
+    return NetDef(variant, _LITE_INPUT[variant], _LITE_HEAD, preprocess_pm1,
+                  partial(build_efficientnet_lite, variant), partial(convert_efficientnet_lite, variant),
+                  has_top=True)
 
 
 # ---------------------------------------------------------------- MobileNetV2 (torch layout)
@@ -323,9 +362,9 @@ def convert_mobilenet_v2(source_file: Path, model) -> None:
 NETS: dict[str, NetDef] = {
     "vgg16-tv": NetDef("vgg16-tv", 224, 512, preprocess_torchvision,
                        build_vgg16, convert_vgg16),
-    "efficientnet-lite0": NetDef("efficientnet-lite0", 224, 1280, preprocess_pm1,
-                                 build_efficientnet_lite0, convert_efficientnet_lite0,
-                                 has_top=True),
+    "efficientnet-lite0": _lite_net("efficientnet-lite0"),
+    "efficientnet-lite1": _lite_net("efficientnet-lite1"),
+    "efficientnet-lite2": _lite_net("efficientnet-lite2"),
     "mobilenet-v2": NetDef("mobilenet-v2", 224, 1280, preprocess_torchvision,
                            build_mobilenet_v2, convert_mobilenet_v2),
 }

