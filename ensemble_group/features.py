@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from ensemble_group.cache import CacheError, EmbeddingCache, model_key
+from ensemble_group.colour import ColourMember
 from ensemble_group.config import Config
 from ensemble_group.cpu import choose_precision
 from ensemble_group.extractors import MODELS, Extractor
@@ -73,7 +74,10 @@ class ExtractionSettings:
     @classmethod
     def of(cls, config: Config, model: str, weights_id: str | None, int8: Calibration | None = None
            ) -> "ExtractionSettings":
-        """The settings of one member of `config` (`int8`: `member_calibrations(config)[model]`)."""
+        """The settings of one member of `config` (`int8`: `member_calibrations(config)[model]`). A built-in
+        member (the colour histogram) reads whole photos with no model: none of the CNN settings apply."""
+        if MODELS[model].builtin:
+            return cls(model, weights_id, framing="none", winograd=False, lite=False, batch_size=config.batch_size)
         return cls(model, weights_id, config.framing, config.pooling, config.flip, int8, config.winograd,
                    config.lite, config.batch_size)
 
@@ -146,10 +150,13 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], cac
                 advance(len(chunk) - len(todo))
                 if not todo:
                     continue
-                key = (MODELS[m].input_size, ex.settings.framing)
-                if key not in framed:
-                    framed[key] = frame_batch([a for _, a in ok], *key)
-                rows = ex.embed_framed(framed[key][todo], progress=advance, batch_size=batch)
+                if MODELS[m].builtin:  # the colour member reads the photos themselves
+                    rows = ex.embed([ok[t][1] for t in todo], progress=advance)
+                else:
+                    key = (MODELS[m].input_size, ex.settings.framing)
+                    if key not in framed:
+                        framed[key] = frame_batch([a for _, a in ok], *key)
+                    rows = ex.embed_framed(framed[key][todo], progress=advance, batch_size=batch)
                 new = dict(zip((ok[t][0] for t in todo), rows))
                 found[m].update(new)
                 if cache:
@@ -172,7 +179,7 @@ class LazyExtractor:
 
     def __init__(self, settings: ExtractionSettings, weights_path: Path | None) -> None:
         self.settings, self.weights_path = settings, weights_path
-        self._extractor: Extractor | None = None
+        self._extractor: Extractor | ColourMember | None = None
 
     @property
     def lite_file(self) -> Path | None:
@@ -181,10 +188,13 @@ class LazyExtractor:
     def lite_status(self) -> str:
         """What loading this member does about TFLite: "off" (lite = false), "unavailable" (no TFLite in
         this TensorFlow), "uncached" (weights with no id: converted, never cached), "failed" (TFLite
-        could not run it: TensorFlow runs it), "cached", or "convert" (seconds, once per machine)."""
+        could not run it: TensorFlow runs it), "cached", "convert" (seconds, once per machine), or
+        "builtin" (no model at all: the colour member)."""
         from ensemble_group import lite
 
         path = self.lite_file
+        if MODELS[self.settings.model].builtin:
+            return "builtin"
         if not self.settings.lite:
             return "off"
         if not lite.available():
@@ -198,8 +208,10 @@ class LazyExtractor:
         return self._extractor is None and self.lite_status() == "convert"
 
     @property
-    def extractor(self) -> Extractor:
-        if self._extractor is None:
+    def extractor(self) -> Extractor | ColourMember:
+        if self._extractor is None and MODELS[self.settings.model].builtin:
+            self._extractor = ColourMember()
+        elif self._extractor is None:
             s = self.settings
             self._extractor = Extractor(MODELS[s.model], self.weights_path, batch_size=s.batch_size,
                                         framing=s.framing, winograd=s.winograd, pooling=s.pooling, flip=s.flip,
@@ -213,8 +225,8 @@ class LazyExtractor:
         was not needed."""
         return self._extractor.runtime if self._extractor is not None else None
 
-    def embed(self, images: list[np.ndarray]) -> np.ndarray:
-        return self.extractor.embed(images)
+    def embed(self, images: list[np.ndarray], progress=None) -> np.ndarray:
+        return self.extractor.embed(images, progress)
 
     def embed_framed(self, framed: np.ndarray, progress=None, batch_size: int | None = None) -> np.ndarray:
         return self.extractor.embed_framed(framed, progress, batch_size)

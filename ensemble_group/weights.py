@@ -53,6 +53,8 @@ def candidates(model: str, explicit: str | Path | None = None) -> list[tuple[str
     """The local places searched for a model's weights, in order, as (source, path)."""
     spec = MODELS[model]
     places: list[tuple[str, Path]] = []
+    if spec.builtin:
+        return places
     if explicit:
         places.append(("given", Path(explicit).expanduser()))
     env_dir = os.environ.get(WEIGHTS_DIR_ENV)
@@ -75,6 +77,10 @@ def resolve(model: str, explicit: str | Path | None = None, *, download: bool = 
             allow_random: bool = False, log: Callable[[str], None] = lambda s: None) -> WeightsRef:
     """Find (or fetch) a model's weights; raise WeightsNotFound with a helpful message otherwise."""
     spec = MODELS[model]
+    if spec.builtin:  # nothing to find: the id names the version of its vectors
+        from ensemble_group.colour import VERSION
+
+        return WeightsRef(model, None, f"builtin:{VERSION}", "built in")
     places = candidates(model, explicit)
     for source, path in places:
         if path.is_file():
