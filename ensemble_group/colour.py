@@ -33,13 +33,13 @@ _RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                         [0.2126729, 0.7151522, 0.0721750],
                         [0.0193339, 0.1191920, 0.9503041]])
 _WHITE = np.array([0.95047, 1.0, 1.08883])
+_C = np.arange(256) / 255.0
+_LINEAR = np.where(_C <= 0.04045, _C / 12.92, ((_C + 0.055) / 1.055) ** 2.4)  # sRGB's gamma undone, per 8-bit value
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 sRGB -> (..., 3) float CIE L*a*b* (D65): L in 0..100, a and b about -128..127."""
-    c = rgb.astype(np.float64) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    t = (linear @ _RGB_TO_XYZ.T) / _WHITE
+    t = (_LINEAR[rgb] @ _RGB_TO_XYZ.T) / _WHITE
     f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
 
@@ -61,9 +61,10 @@ def colour_histogram(image: np.ndarray) -> np.ndarray:
     lab = srgb_to_lab(rgb[foreground(rgb)])
     # binned in the 8-bit Lab encoding (L x 2.55, a and b + 128, rounded), so the many neutral pixels of
     # a catalogue shot (a = b = 0 up to float noise) fall in one bin, not on either side of its edge
-    coded = np.rint(lab * (2.55, 1, 1) + (0, 128, 128))
-    counts, _ = np.histogramdd(coded, bins=BINS, range=((0, 256),) * 3)
-    return np.sqrt(counts.ravel() / max(counts.sum(), 1)).astype(np.float32)
+    coded = np.clip(np.rint(lab * (2.55, 1, 1) + (0, 128, 128)), 0, 255).astype(np.int64)
+    bins = coded // (256 // np.array(BINS))
+    counts = np.bincount(np.ravel_multi_index(bins.T, BINS), minlength=DIM)
+    return np.sqrt(counts / max(counts.sum(), 1)).astype(np.float32)
 
 
 class ColourMember:
