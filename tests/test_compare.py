@@ -37,7 +37,9 @@ def test_compare_and_tune_on_the_sample(tmp_path, weights_cache):
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     arms = [r["arm"] for r in doc["rows"]]
-    assert arms[0].startswith("ensemble (") and {"vgg16-tv", "efficientnet-lite0", "mobilenet-v2"} <= set(arms)
+    members = ["vgg16-tv", "efficientnet-lite0", "mobilenet-v2", "colour-lab"]
+    assert arms[0].startswith("ensemble (") and set(members) <= set(arms)
+    assert {f"ensemble without {m}" for m in members} <= set(arms)  # what each member earns
     assert any(a.startswith("original:") and "0.60" in a for a in arms)
     assert {"ahash, same grouper", "dhash, same grouper", "phash, same grouper"} <= set(arms)
     # every candidate option has its A/B row; the descriptor rows come from their own extractions

@@ -60,10 +60,13 @@ class Subset:
 
 
 def default_arms(config: Config, original_model: str) -> list[Arm]:
-    """The ensemble, each member alone, the original method, hashes, plain connected components."""
+    """The ensemble, each member alone, the ensemble without each member (3+ members: what each one
+    earns), the original method, hashes, plain connected components."""
     arms = [Arm("ensemble (" + " + ".join(config.models) + ")", config.models)]
     if len(config.models) > 1:
         arms += [Arm(m, (m,)) for m in config.models]
+    if len(config.models) > 2:
+        arms += [Arm(f"ensemble without {m}", tuple(x for x in config.models if x != m)) for m in config.models]
     postprocessed = (config.power, config.whiten_dim, config.dba_k) != (1.0, 0, 0)
     if postprocessed:
         arms.append(Arm("ensemble, no post-processing", config.models, NO_POSTPROCESSING))
