@@ -73,7 +73,7 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (see configs/). Default: built-in = configs/offline.toml settings.")]
-ModelsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated members to use instead of the config's, e.g. 'mobilenet-v2' to run one model alone.")]
+ModelsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated members to use instead of the config's, e.g. 'mobilenet-v2' to run one model alone, or 'mobilenet-v2,colour-lab'. `ensemble-group weights list` lists them.")]
 PrecisionOpt = Annotated[Optional[str], typer.Option(help="Members' arithmetic: auto (the configs' default: int8 on CPUs with int8 dot products, VNNI, AMX or Arm dotprod, else float32), float32 or int8. Vectors of each precision are cached apart.")]
 WeightsOpt = Annotated[Optional[list[str]], typer.Option("--weights", help="MODEL=FILE: use this weights file for MODEL (repeatable).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the final summary.")]
