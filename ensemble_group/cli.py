@@ -125,8 +125,30 @@ def _cutoff_arg(cutoff: Optional[str]) -> float | str | None:
         _fail(f"--cutoff must be a number such as -3 or 'auto', got {cutoff!r}", 2)
 
 
-def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache):
-    """Check the output folder first (before the slow part), run the pipeline, write the results."""
+def _previous_ids(previous: Optional[Path], out_dir: Path, force: bool, reporter: CliReporter):
+    """(content hash -> group id, where from) of the run whose ids to keep: --previous, else the
+    groups.json that --force is about to replace; None for fresh ids. A --previous that cannot be
+    read fails now (exit 2); a replaced groups.json that cannot is a warning."""
+    from ensemble_group.group_ids import PreviousGroupsError, previous_ids
+    from ensemble_group.outputs import GROUPS_JSON
+
+    replaced = out_dir / GROUPS_JSON
+    path = previous or (replaced if force and replaced.is_file() else None)
+    if path is None:
+        return None
+    try:
+        return previous_ids(path), str(path)
+    except PreviousGroupsError as e:
+        if previous is not None:
+            _fail(f"--previous {e}", 2)
+        reporter.log(f"WARNING: group ids start afresh: {e}")
+        return None
+
+
+def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache,
+                   previous: Optional[Path] = None):
+    """Check the output folder first (before the slow part), run the pipeline, write the results;
+    groups that were in the previous run (`_previous_ids`) keep their ids."""
     from ensemble_group.outputs import OutputExists, check_out_dir
     from ensemble_group.pipeline import NothingToGroup, group_folder, write_run
     from ensemble_group.weights import WeightsNotFound
@@ -137,6 +159,7 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
         _fail(str(e))
     except ValueError as e:  # a usage error: --out inside the input, or not writable
         _fail(str(e), 2)
+    kept = _previous_ids(previous, out_dir, force, reporter)
     if cache not in (None, "default"):  # a cache the user named must work: say so before any slow work
         from ensemble_group.cache import CacheError
         from ensemble_group.features import open_cache
@@ -153,6 +176,8 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
         _fail(str(e))
     except (NotADirectoryError, ValueError) as e:  # ValueError: a setting this machine cannot run (int8)
         _fail(str(e), 2)
+    if kept:
+        run.keep_ids(*kept)
     try:
         return run, write_run(run, out_dir, force=force)
     except KeyboardInterrupt:
@@ -178,6 +203,7 @@ def group(
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Run with RANDOM weights when none are found (smoke tests only).")] = False,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace results already in --out.")] = False,
     with_report: Annotated[bool, typer.Option("--report", help="Also write report.html (thumbnails of every group).")] = False,
+    previous: Annotated[Optional[Path], typer.Option("--previous", help="An earlier run's groups.json: groups still there keep its ids (matched by the photos' content). Default: the groups.json that --force replaces.")] = None,
     cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:
@@ -187,7 +213,7 @@ def group(
     """
     cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode, precision=precision)
     reporter = CliReporter(quiet, verbose, progress)
-    run, paths = _run_and_write(folder, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache))
+    run, paths = _run_and_write(folder, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache), previous)
     groups, (cut, how) = run.groups(), run.cutoff()
     multi = [g for g in groups if g["size"] > 1]
     if not quiet:
@@ -196,6 +222,8 @@ def group(
     out.print(f"{len(run.images)} images -> {len(groups)} groups ({len(multi)} with 2+ images, "
               f"{len(groups) - len(multi)} singletons); {len(run.skipped)} skipped; "
               f"cut at {cut:.2f} ({how['rule']}); {_precision_said(run)}; "
+              + (f"ids: {run.group_ids['kept']} kept from {run.group_ids['previous']}, {run.group_ids['new']} new; "
+                 if run.group_ids else "") +
               f"{run.timings['total']:.1f} s ({run.timings['extracted']} extracted, {run.timings['from_cache']} from the cache). "
               f"Wrote {paths['groups']}", highlight=False)
     for s in run.skipped:

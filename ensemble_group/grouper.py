@@ -90,6 +90,15 @@ class Grouper:
         """The cutoff the groups were cut at, and how it was chosen (the config's, or read off the rows)."""
         return resolve_cutoff(self.config.cutoff, self._fitted_neighbours())
 
+    def relabel(self, labels: np.ndarray) -> "Grouper":
+        """The same groups under other ids (`group_ids.carry_ids`: a previous run's); saved with the index."""
+        labels = np.asarray(labels, dtype=np.int64)
+        pairs = np.unique(np.stack([self.labels_, labels]), axis=1) if len(labels) == len(self.labels_) else None
+        if pairs is None or len(np.unique(pairs[0])) != pairs.shape[1] or len(np.unique(pairs[1])) != pairs.shape[1]:
+            raise ValueError("relabel: the labels must name the same groups, one id each")
+        self.labels_ = labels
+        return self
+
     def labels_at(self, cutoff: float) -> np.ndarray:
         """(n,) labels of the same fitted rows cut at another cutoff (a sweep, `evaluate --oracle`)."""
         return numbered(group_as(self.config, self._fitted_neighbours(), self.fusion_, cutoff), self.names_)

