@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ensemble_group.images import PAD_TOLERANCE
+from ensemble_group.images import PAD_TOLERANCE, border_colour
 
 THUMB = 128  # the longest side the histogram is taken at: enough pixels, little work
 BINS = (4, 8, 8)  # L, a, b
@@ -47,9 +47,7 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 def foreground(rgb: np.ndarray) -> np.ndarray:
     """(h, w) bool: the pixels that differ from the border's median colour by more than PAD_TOLERANCE
     in some channel; all of them where that leaves under MIN_FOREGROUND (a photo with no backdrop)."""
-    edge = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
-    backdrop = np.median(edge, axis=0)
-    mask = (np.abs(rgb.astype(np.int16) - backdrop) > PAD_TOLERANCE).any(axis=2)
+    mask = (np.abs(rgb.astype(np.int16) - border_colour(rgb)) > PAD_TOLERANCE).any(axis=2)
     return mask if mask.mean() >= MIN_FOREGROUND else np.ones_like(mask)
 
 

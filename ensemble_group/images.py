@@ -344,13 +344,17 @@ def duplicates_of(images: list[ImageFile]) -> dict[str, list[str]]:
     return {g[0]: g[1:] for g in groups.values() if len(g) > 1}
 
 
+def border_colour(a: np.ndarray) -> np.ndarray:
+    """(3,) float: the median colour of the 1-px frame of (H, W, 3) pixels, a catalogue shot's backdrop."""
+    return np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]), axis=0)
+
+
 def _trim_box(im: Image.Image, a: np.ndarray
               ) -> tuple[tuple[int, int, int, int], tuple[int, ...] | None]:
     """Bounding box (left, top, right, bottom) of what differs by > PAD_TOLERANCE from the
-    border colour (median of the 1-px frame of `a`, the (H, W, 3) pixels of `im`), and that
-    colour; None instead of the colour when the edges are content (nothing trimmed)."""
-    edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    colour = tuple(int(c) for c in np.median(edge, axis=0))
+    border colour (`border_colour` of `a`, the (H, W, 3) pixels of `im`), and that colour; None
+    instead of the colour when the edges are content (nothing trimmed)."""
+    colour = tuple(int(c) for c in border_colour(a))
     diff = ImageChops.difference(im, Image.new("RGB", im.size, colour))  # C speed on big photos
     box = diff.point(lambda v: 255 if v > PAD_TOLERANCE else 0).getbbox()
     if box is None:  # uniform image: never trim to nothing
