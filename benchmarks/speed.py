@@ -51,20 +51,25 @@ def plain(models: list[str], files: list[Path], weights) -> None:
     for m in models:
         spec = MODELS[m]
         if spec.builtin:  # the colour member: the same histogram of each PIL-decoded photo
-            colour_histograms(files)
+            colour_histograms(pil_photos(files))
             continue
         model = spec.build(weights[m].path)
         model.predict(spec.preprocess(pil_inputs(files, spec.input_size)), batch_size=32, verbose=0)
 
 
-def colour_histograms(files: list[Path]):
-    """A plain implementation's colour member: PIL decode, then the engine's own histogram."""
+def pil_photos(files: list[Path]) -> list:
+    """The photos decoded by PIL, whole: what the colour member reads."""
     import numpy as np
     from PIL import Image
 
-    from ensemble_group.colour import colour_histogram
+    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
 
-    return np.stack([colour_histogram(np.asarray(Image.open(f).convert("RGB"))) for f in files])
+
+def colour_histograms(photos: list):
+    """A plain implementation's colour member: the engine's own histogram of each decoded photo."""
+    from ensemble_group.colour import ColourMember
+
+    return ColourMember().embed(photos)
 
 
 def twin(spec, path, extractor):
@@ -112,13 +117,10 @@ def same_features(models: list[str], files: list[Path], weights, config) -> floa
 
 def raw_predict(models: list[str], files: list[Path], weights) -> float:
     """model.predict on decoded, framed, preprocessed arrays (models loaded first): seconds."""
-    import numpy as np
-    from PIL import Image
-
     from ensemble_group.extractors import MODELS
 
     loaded, inputs = {}, {}
-    colour = [m for m in models if MODELS[m].builtin]
+    decoded = pil_photos(files) if any(MODELS[m].builtin for m in models) else None  # the colour member's input
     models = [m for m in models if not MODELS[m].builtin]
     for m in models:
         spec = MODELS[m]
@@ -128,13 +130,8 @@ def raw_predict(models: list[str], files: list[Path], weights) -> float:
     t0 = time.perf_counter()
     for m in models:
         loaded[m].predict(inputs[m], batch_size=32, verbose=0)
-    if colour:  # its histograms of the decoded photos (it reads whole photos, not framed arrays)
-        from ensemble_group.colour import colour_histogram
-
-        t_decode = time.perf_counter()
-        decoded = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-        t0 += time.perf_counter() - t_decode
-        [colour_histogram(a) for a in decoded]
+    if decoded is not None:  # the colour member reads whole photos, not framed arrays
+        colour_histograms(decoded)
     return time.perf_counter() - t0
 
 
