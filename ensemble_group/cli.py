@@ -111,6 +111,20 @@ def _precision_said(run) -> str:
     return precision if why == SET_IN_CONFIG else f"{precision} ({why})"
 
 
+def _corrections_said(run) -> str:
+    """'corrections: 3 must-links, 1 cannot-link, 1 confirmed group applied (2 dropped as contradicted); '"""
+    if not run.corrections:
+        return ""
+    a, dropped = run.corrections["applied"], len(run.corrections["contradictions"])
+    return (f"corrections: {_count(a['must_link'], 'must-link')}, {_count(a['cannot_link'], 'cannot-link')}, "
+            f"{_count(a['confirmed'], 'confirmed group')} applied"
+            + (f" ({dropped} dropped as contradicted)" if dropped else "") + "; ")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _cutoff_arg(cutoff: Optional[str]) -> float | str | None:
     """--cutoff as given: a number or "auto" (a usage error otherwise)."""
     from ensemble_group.config import AUTO
@@ -147,8 +161,9 @@ def _previous_ids(previous: Optional[Path], out_dir: Path, force: bool, reporter
 
 def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache,
                    previous: Optional[Path] = None):
-    """Check the output folder first (before the slow part), run the pipeline, write the results;
-    groups that were in the previous run (`_previous_ids`) keep their ids."""
+    """Check the output folder and the corrections first (before the slow part), run the pipeline,
+    write the results; groups that were in the previous run (`_previous_ids`) keep their ids."""
+    from ensemble_group.corrections import CorrectionsError, read_corrections
     from ensemble_group.outputs import OutputExists, check_out_dir
     from ensemble_group.pipeline import NothingToGroup, group_folder, write_run
     from ensemble_group.weights import WeightsNotFound
@@ -160,6 +175,10 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
     except ValueError as e:  # a usage error: --out inside the input, or not writable
         _fail(str(e), 2)
     kept = _previous_ids(previous, out_dir, force, reporter)
+    try:
+        corrections = read_corrections(cfg.corrections) if cfg.corrections else None
+    except CorrectionsError as e:
+        _fail(str(e), 2)
     if cache not in (None, "default"):  # a cache the user named must work: say so before any slow work
         from ensemble_group.cache import CacheError
         from ensemble_group.features import open_cache
@@ -169,7 +188,7 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
         except CacheError as e:
             _fail(str(e), 2)
     try:
-        run = group_folder(folder, cfg, reporter=reporter, cache_file=cache)
+        run = group_folder(folder, cfg, reporter=reporter, cache_file=cache, corrections=corrections)
     except KeyboardInterrupt:
         _fail("interrupted: the photos extracted so far are cached; rerun the same command to resume", 130)
     except (WeightsNotFound, NothingToGroup) as e:
@@ -204,6 +223,7 @@ def group(
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace results already in --out.")] = False,
     with_report: Annotated[bool, typer.Option("--report", help="Also write report.html (thumbnails of every group).")] = False,
     previous: Annotated[Optional[Path], typer.Option("--previous", help="An earlier run's groups.json: groups still there keep its ids (matched by the photos' content). Default: the groups.json that --force replaces.")] = None,
+    corrections: Annotated[Optional[Path], typer.Option("--corrections", help="A reviewer's corrections.json, exported from report.html: must-linked photos end up together, cannot-linked ones apart, confirmed groups stay whole. Default: the config's [grouping] corrections.")] = None,
     cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:
@@ -211,7 +231,8 @@ def group(
 
     Example: [bold]ensemble-group group samples/flipkart --config configs/offline.toml --out out/[/]
     """
-    cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode, precision=precision)
+    cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode, precision=precision,
+                  corrections=str(corrections) if corrections else None)
     reporter = CliReporter(quiet, verbose, progress)
     run, paths = _run_and_write(folder, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache), previous)
     groups, (cut, how) = run.groups(), run.cutoff()
@@ -223,11 +244,17 @@ def group(
               f"{len(groups) - len(multi)} singletons); {len(run.skipped)} skipped; "
               f"cut at {cut:.2f} ({how['rule']}); {_precision_said(run)}; "
               + (f"ids: {run.group_ids['kept']} kept from {run.group_ids['previous']}, {run.group_ids['new']} new; "
-                 if run.group_ids else "") +
+                 if run.group_ids else "") + _corrections_said(run) +
               f"{run.timings['total']:.1f} s ({run.timings['extracted']} extracted, {run.timings['from_cache']} from the cache). "
               f"Wrote {paths['groups']}", highlight=False)
     for s in run.skipped:
         reporter.log(f"skipped {s.rel}: {s.reason}")
+    if run.corrections:
+        for line in run.corrections["contradictions"]:
+            reporter.log(f"WARNING: {line}")
+        if run.corrections["unknown_photos"]:
+            reporter.log(f"corrections name {len(run.corrections['unknown_photos'])} photos not in {folder} (kept for "
+                         f"when they return): {', '.join(run.corrections['unknown_photos'][:10])}")
     for im in run.images:
         if im.repaired:
             reporter.log(f"read {im.rel} with a repair: {im.repaired}")

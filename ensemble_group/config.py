@@ -60,6 +60,7 @@ class Config:
     mode: str = "graph"
     cutoff: float | str = AUTO  # "auto": scaled to the folder (autocut.py); or a fused distance, lower = stricter
     alone_margin: float = 0.5  # an image left alone joins the group clearly nearest on average; 0 = off
+    corrections: str = ""  # a reviewer's corrections.json (corrections.py) the groups obey; "" = none
 
     def __post_init__(self) -> None:
         for key in _INTS:  # types first: every later check compares numbers
@@ -107,6 +108,10 @@ class Config:
             raise ConfigError("calibration is the int8 calibration folder: it needs precision = \"int8\" or \"auto\"")
         _choice("normalisation", self.normalisation, NORMALISATIONS)
         _choice("mode", self.mode, GROUPING_MODES)
+        if not isinstance(self.corrections, str):
+            raise ConfigError(f"corrections must be a file path (a string), got {self.corrections!r}")
+        if self.corrections and self.mode != "graph":
+            raise ConfigError(f'corrections need mode = "graph" (the default); mode {self.mode!r} is a baseline')
         if not 0 < self.power <= 1:
             raise ConfigError(f"power must be in (0, 1], got {self.power}")
         for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1), ("whiten_dim", 0), ("dba_k", 0),
@@ -144,7 +149,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "index": {"n_trees": "n_trees", "search_k": "search_k", "seed": "seed"},
     "fusion": {"k": "k", "normalisation": "normalisation", "local_k": "local_k", "rerank_k": "rerank_k",
                "rerank_weight": "rerank_weight"},
-    "grouping": {"mode": "mode", "cutoff": "cutoff", "alone_margin": "alone_margin"},
+    "grouping": {"mode": "mode", "cutoff": "cutoff", "alone_margin": "alone_margin", "corrections": "corrections"},
 }
 
 
@@ -172,6 +177,8 @@ def load_config(path: Path | str | None) -> Config:
             values[_SECTIONS[section][key]] = value
     if "models" in values:
         values["models"] = tuple(values["models"])
+    if isinstance(values.get("corrections"), str) and values["corrections"]:  # relative to the config file
+        values["corrections"] = str(path.parent / Path(values["corrections"]).expanduser())
     try:
         return Config(**values)
     except TypeError as e:

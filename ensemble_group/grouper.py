@@ -25,6 +25,7 @@ import numpy as np
 
 from ensemble_group.autocut import resolve_cutoff
 from ensemble_group.config import Config
+from ensemble_group.corrections import Constraints
 from ensemble_group.fusion import FusedNeighbours, Fusion, Normaliser, local_query
 from ensemble_group.grouping import group_as
 from ensemble_group.index import ModelIndex, angular_distance
@@ -49,7 +50,8 @@ class Grouper:
     `transforms_` model -> the post-processing learned on the rows; `indexes_` model -> ModelIndex;
     `fusion_` (the per-model normalisers, and what a query starts from: local scaling's offsets, the
     first-stage lists re-ranking adjusts); `neighbours_` the fused (n, k) neighbour lists (None after
-    `load` unless asked for). A saved index's extra keys (what the caller wrote) are in `about_`.
+    `load` unless asked for); `constraints_` the reviewer's corrections the groups obey (row pairs,
+    `corrections.Constraints`). A saved index's extra keys (what the caller wrote) are in `about_`.
     """
 
     def __init__(self, config: Config | None = None) -> None:
@@ -61,18 +63,21 @@ class Grouper:
         self.indexes_: dict[str, ModelIndex] = {}
         self.fusion_: Fusion | None = None
         self.neighbours_: FusedNeighbours | None = None
+        self.constraints_ = Constraints()
         self.about_: dict[str, Any] = {}
         self.timings_: dict[str, float] = {}  # seconds of fit's stages: post-processing + indexing, fusing + grouping
 
     def fit(self, vectors: dict[str, np.ndarray], names: list[str] | None = None,
-            reporter: Reporter | None = None) -> "Grouper":
+            reporter: Reporter | None = None, constraints: Constraints | None = None) -> "Grouper":
         """Learn, index, fuse and group: `vectors` source -> (n, dim) rows of the same n images, one
         entry per member (normally the config's models; any named vectors work, e.g. `compare`'s
         perceptual hashes, but only the config's models can `query` a photo); `names` (n,) optional,
-        kept for `save`. Returns self."""
+        kept for `save`; `constraints` the corrections the groups must obey (`corrections.resolve`).
+        Returns self."""
         reporter = reporter or Reporter()
         self._check(vectors, names)
         self.members_ = list(vectors)
+        self.constraints_ = constraints or Constraints()
         t0 = time.perf_counter()
         self.transforms_, prepared = prepare_vectors(vectors, self.config)
         self.indexes_ = build_indexes(prepared, self.config, reporter)
@@ -81,7 +86,8 @@ class Grouper:
             self.fusion_ = Fusion.for_config(prepared, self.config)
             self.neighbours_ = self.fusion_.neighbours(self.indexes_, self.config.k)
             self.names_ = list(names) if names is not None else None
-            self.labels_ = numbered(group_as(self.config, self.neighbours_, self.fusion_), self.names_)
+            self.labels_ = numbered(group_as(self.config, self.neighbours_, self.fusion_,
+                                             constraints=self.constraints_), self.names_)
             advance(1)
         self.timings_ = {"index": round(t1 - t0, 3), "group": round(time.perf_counter() - t1, 3)}
         return self
@@ -101,7 +107,8 @@ class Grouper:
 
     def labels_at(self, cutoff: float) -> np.ndarray:
         """(n,) labels of the same fitted rows cut at another cutoff (a sweep, `evaluate --oracle`)."""
-        return numbered(group_as(self.config, self._fitted_neighbours(), self.fusion_, cutoff), self.names_)
+        return numbered(group_as(self.config, self._fitted_neighbours(), self.fusion_, cutoff, self.constraints_),
+                        self.names_)
 
     def query(self, photo: dict[str, np.ndarray] | Path | str, k: int | None = None) -> list[tuple[int, float]]:
         """The k fitted rows nearest one outside photo, nearest first: [(row, fused distance)].
@@ -155,6 +162,8 @@ class Grouper:
         if self.names_ is not None:
             manifest["images"] = self.names_
         manifest["group_of"] = [int(x) for x in self.labels_]
+        if self.constraints_:
+            manifest["constraints"] = {"must": self.constraints_.must.tolist(), "cannot": self.constraints_.cannot.tolist()}
         fusion = self.fusion_
         if fusion.offset is not None:  # local scaling: a query's distances need the fitted rows' offsets
             manifest["local_offsets"] = [round(float(x), 6) for x in fusion.offset]
@@ -180,7 +189,7 @@ class Grouper:
         manifest, config = read_manifest(index_dir, rebuild, required)
         grouper = cls(config)
         known = {"config", "normalisers", "index_dims", "images", "group_of", "local_offsets", "local_centre",
-                 "rerank", "format", "files"}
+                 "rerank", "format", "files", "constraints"}
         grouper.about_ = {key: value for key, value in manifest.items() if key not in known}
         dims = manifest.get("index_dims", {})
         grouper.members_ = list(dims) or list(config.models)  # indexes written before index_dims: the config's
@@ -206,6 +215,8 @@ class Grouper:
                 fusion.first_stage = FusedNeighbours(lists["ids"].astype(np.int64), lists["dist"])
         grouper.names_ = manifest.get("images")
         grouper.labels_ = np.asarray(manifest["group_of"])
+        pairs = manifest.get("constraints", {})
+        grouper.constraints_ = Constraints(*(np.asarray(pairs.get(k, []), np.int64).reshape(-1, 2) for k in ("must", "cannot")))
         return grouper
 
     def _fitted_neighbours(self) -> FusedNeighbours:

@@ -29,12 +29,15 @@ close-up with it (benchmarks/README "Lone images").
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ensemble_group.autocut import resolve_cutoff
 from ensemble_group.config import Config
+from ensemble_group.corrections import Constraints
 from ensemble_group.fusion import FusedNeighbours, Fusion
 
 
@@ -151,7 +154,8 @@ def _edges(neigh: FusedNeighbours, cutoff: float, mutual_k: int = 0) -> tuple[np
     return src, dst
 
 
-def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5) -> np.ndarray:
+def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5,
+                constraints: Constraints | None = None) -> np.ndarray:
     """Average linkage over the neighbour graph only, with a support rule against chaining.
 
     Two groups merge when the mean fused distance of the neighbour-list pairs *that exist* between
@@ -159,10 +163,13 @@ def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5) -> 
     of pairs: far views of one product (never in each other's lists) do not count against it, while a
     single look-alike pair cannot glue two products together. Merges happen in rounds of mutually
     best partners (exact for average linkage, and vectorised), so it scales to 100k+ images.
+    With `constraints` (a reviewer's corrections), must-linked images start as one group and two
+    groups holding a cannot-linked pair never merge.
     """
     n = len(neigh.ids)
     a, b, w = _listed_pairs(neigh)
-    label, size = np.arange(n), np.ones(n, dtype=np.int64)
+    label = np.arange(n) if not constraints else _must_groups(n, constraints.must)
+    size = np.bincount(label, minlength=n)
     while True:
         ca, cb = label[a], label[b]
         between = ca != cb
@@ -175,6 +182,9 @@ def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5) -> 
         mean = np.bincount(inverse, weights=w) / count
         px, py = pairs // n, pairs % n
         ok = (mean <= cutoff) & (count >= support * np.minimum(size[px], size[py]))
+        if constraints is not None and len(constraints.cannot):
+            la, lb = label[constraints.cannot[:, 0]], label[constraints.cannot[:, 1]]
+            ok &= ~np.isin(pairs, np.minimum(la, lb).astype(np.int64) * n + np.maximum(la, lb))
         if not ok.any():
             break
         px, py, mean = px[ok], py[ok], mean[ok]
@@ -195,6 +205,15 @@ def group_graph(neigh: FusedNeighbours, cutoff: float, support: float = 0.5) -> 
         np.add.at(size, g, size[best[g]])
         label = remap[label]
     return canonical(label)
+
+
+def _must_groups(n: int, must: np.ndarray) -> np.ndarray:
+    """(n,) labels joining must-linked images: each group labelled by its lowest image (graph's convention)."""
+    graph = coo_matrix((np.ones(len(must)), (must[:, 0], must[:, 1])), shape=(n, n))
+    comp = connected_components(graph, directed=False)[1]
+    lowest = np.full(comp.max() + 1 if n else 0, n)
+    np.minimum.at(lowest, comp, np.arange(n))
+    return lowest[comp]
 
 
 def _listed_pairs(neigh: FusedNeighbours) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -237,7 +256,8 @@ def group_margins(label: np.ndarray, neigh: FusedNeighbours, cutoff: float) -> t
     return margin, nearest
 
 
-def attach_alone(label: np.ndarray, neigh: FusedNeighbours, margin: float) -> np.ndarray:
+def attach_alone(label: np.ndarray, neigh: FusedNeighbours, margin: float,
+                 constraints: Constraints | None = None) -> np.ndarray:
     """Put an image left alone into the group it is clearly nearest to, on average.
 
     A close-up or an odd view of a product can be far from every photo by the cutoff's measure and
@@ -247,7 +267,8 @@ def attach_alone(label: np.ndarray, neigh: FusedNeighbours, margin: float) -> np
     (< 0) and nearer, by at least `margin`, than any other group's. A group's mean, not its nearest
     photo: a close-up can be as near one photo of a look-alike as the nearest of its own product's,
     while nearer to all of its own (benchmarks/README "Lone images"). Only images that were alone
-    move, each at most once, so no chain can form. margin <= 0: off.
+    move, each at most once, so no chain can form; never into a group it is cannot-linked to
+    (`constraints`). margin <= 0: off.
     """
     if margin <= 0:
         return label
@@ -268,7 +289,16 @@ def attach_alone(label: np.ndarray, neigh: FusedNeighbours, margin: float) -> np
     lone, other, dist = lone[first], other[first], dist[first]
     starts = np.flatnonzero(np.r_[True, lone[1:] != lone[:-1]]) if len(lone) else np.array([], dtype=np.int64)
     out = label.copy()
+    apart = defaultdict(list)  # image -> the images it is cannot-linked to
+    for x, y in (constraints.cannot if constraints is not None else ()):
+        apart[x].append(y)
+        apart[y].append(x)
     for i, js, ds in zip(lone[starts], np.split(other, starts[1:]), np.split(dist, starts[1:])):
+        if apart[i]:
+            allowed = ~np.isin(out[js], out[apart[i]])
+            js, ds = js[allowed], ds[allowed]
+            if not len(js):
+                continue
         groups, which = np.unique(out[js], return_inverse=True)  # `out`: two lone images can pair up
         mean = np.bincount(which, weights=ds) / np.bincount(which)
         ranked = np.argsort(mean)
@@ -278,8 +308,11 @@ def attach_alone(label: np.ndarray, neigh: FusedNeighbours, margin: float) -> np
 
 
 def group(neigh: FusedNeighbours, fusion: Fusion, mode: str, cutoff: float, k: int,
-          alone_margin: float = 0.0) -> np.ndarray:
-    """Dispatch on the configured mode, then `attach_alone` with `alone_margin`."""
+          alone_margin: float = 0.0, constraints: Constraints | None = None) -> np.ndarray:
+    """Dispatch on the configured mode, then `attach_alone` with `alone_margin`; `constraints` (a
+    reviewer's corrections) are honoured by mode "graph" only."""
+    if constraints and mode != "graph":
+        raise ValueError(f'corrections need grouping mode "graph" (the default); mode {mode!r} is a baseline')
     if mode == "seed":
         label = group_seed(neigh, cutoff, k)
     elif mode == "components":
@@ -287,17 +320,18 @@ def group(neigh: FusedNeighbours, fusion: Fusion, mode: str, cutoff: float, k: i
     elif mode == "mutual":
         label = group_components(neigh, cutoff, mutual_k=k)
     elif mode == "graph":
-        label = group_graph(neigh, cutoff)
+        label = group_graph(neigh, cutoff, constraints=constraints)
     elif mode == "average":
         label = group_average(neigh, fusion, cutoff)
     else:
         raise ValueError(f"unknown grouping mode {mode!r}")
-    return attach_alone(label, neigh, alone_margin)
+    return attach_alone(label, neigh, alone_margin, constraints)
 
 
-def group_as(config: Config, neigh: FusedNeighbours, fusion: Fusion, cutoff: float | None = None) -> np.ndarray:
+def group_as(config: Config, neigh: FusedNeighbours, fusion: Fusion, cutoff: float | None = None,
+             constraints: Constraints | None = None) -> np.ndarray:
     """`group` with a config's grouping settings (mode, k, alone_margin); `cutoff` overrides the config's
     (which may be "auto": autocut.resolve_cutoff reads it off `neigh`)."""
     if cutoff is None:
         cutoff = resolve_cutoff(config.cutoff, neigh)[0]
-    return group(neigh, fusion, config.mode, cutoff, config.k, config.alone_margin)
+    return group(neigh, fusion, config.mode, cutoff, config.k, config.alone_margin, constraints)

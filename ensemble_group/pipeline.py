@@ -22,6 +22,7 @@ import numpy as np
 
 from ensemble_group import __version__, lite
 from ensemble_group.config import Config
+from ensemble_group.corrections import Corrections, read_corrections, resolve
 from ensemble_group.cpu import choose_precision
 from ensemble_group.extractors import MODELS
 from ensemble_group.features import (Features, convert_ahead, embed_photo, extract, load_extractors, open_cache,
@@ -56,6 +57,7 @@ class Run:
     runtimes: dict[str, str] = field(default_factory=dict)  # model -> what extracted with it (absent: all cached)
     chosen_precision: tuple[str, str] | None = None  # (precision, why), as group_folder decided it
     group_ids: dict[str, Any] | None = None  # where the ids came from, set by `keep_ids`
+    corrections: dict[str, Any] | None = None  # the reviewer's corrections applied (corrections.resolve's summary)
     _groups: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def keep_ids(self, previous: dict[str, int], source: str) -> None:
@@ -130,6 +132,7 @@ class Run:
             "precision": {"value": precision, "rule": why},
             "versions": versions(),
             "group_ids": self.group_ids or {"previous": None},
+            "corrections": self.corrections or {"files": []},
             "groups": groups,
             "skipped": [{"path": display_name(s.rel), "reason": s.reason} for s in self.skipped],
             "repaired": [{"path": display_name(im.rel), "repair": im.repaired} for im in self.images if im.repaired],
@@ -215,23 +218,36 @@ def folder_features(folder: Path | str, config: Config, *, reporter: Reporter = 
 
 
 def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Reporter(),
-                 weights: dict[str, WeightsRef] | None = None, cache_file: Path | None | str = "default") -> Run:
+                 weights: dict[str, WeightsRef] | None = None, cache_file: Path | None | str = "default",
+                 corrections: Corrections | None = None) -> Run:
     """Run the whole path on one folder and return the Run (nothing is written).
+
+    The groups obey a reviewer's `corrections` (or the config's `corrections` file, read here), keyed
+    by the photos' content hashes (corrections.resolve: what was applied is in groups.json).
 
     `precision = "auto"` is decided here, once (`cpu.choose_precision`), and the grouper keeps the
     decision in its config: a saved index is then queried at the precision it was built with, on
     any machine."""
     t0 = time.perf_counter()
+    if corrections is None and config.corrections:
+        corrections = read_corrections(config.corrections)
     precision = choose_precision(config.precision, config.lite)
     pinned = config.replace(precision=precision[0])
     feats, weights = folder_features(folder, pinned, reporter=reporter, weights=weights, cache_file=cache_file)
     t1 = time.perf_counter()
-    grouper = Grouper(pinned).fit(feats.vectors, [display_name(im.rel) for im in feats.images], reporter)
+    names = [display_name(im.rel) for im in feats.images]
+    constraints, applied = None, None
+    if corrections is not None:
+        constraints, applied = resolve(corrections, [im.sha256 for im in feats.images], names)
+        applied["rounds"] = corrections.rounds  # the page exports them again with the next round
+        present = {im.sha256 for im in feats.images}
+        applied["names"] = {h: n for h, n in corrections.names.items() if h not in present}  # of photos gone
+    grouper = Grouper(pinned).fit(feats.vectors, names, reporter, constraints)
     t2 = time.perf_counter()
     timings = {"features": round(t1 - t0, 3), **grouper.timings_, "total": round(t2 - t0, 3),
                "extracted": feats.extracted, "from_cache": feats.cached}
     return Run(Path(folder), config, feats.images, feats.skipped, weights, feats.vectors, grouper, timings,
-               feats.runtimes, precision)
+               feats.runtimes, precision, corrections=applied)
 
 
 def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
