@@ -169,16 +169,16 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
     from ensemble_group.weights import WeightsNotFound
 
     try:
+        corrections = read_corrections(cfg.corrections) if cfg.corrections else None
+    except CorrectionsError as e:
+        _fail(str(e), 2)
+    try:
         check_out_dir(out_dir, folder, force)
     except OutputExists as e:
         _fail(str(e))
     except ValueError as e:  # a usage error: --out inside the input, or not writable
         _fail(str(e), 2)
     kept = _previous_ids(previous, out_dir, force, reporter)
-    try:
-        corrections = read_corrections(cfg.corrections) if cfg.corrections else None
-    except CorrectionsError as e:
-        _fail(str(e), 2)
     if cache not in (None, "default"):  # a cache the user named must work: say so before any slow work
         from ensemble_group.cache import CacheError
         from ensemble_group.features import open_cache
@@ -315,11 +315,15 @@ def report(
     labels: Annotated[Optional[Path], typer.Option("--labels", "-l", help="Optional ground truth CSV (image,product): highlights mixed groups and split products.")] = None,
     sheets: Annotated[bool, typer.Option("--sheets", help="Also write a contact-sheet PNG per group (sheets/ beside the report).")] = False,
     thumb_size: Annotated[int, typer.Option(help="Thumbnail size in pixels.")] = 160,
+    embed: Annotated[Optional[bool], typer.Option("--embed/--thumbs-folder", help="Thumbnails inside the page, or as files in thumbs/ beside it. Default: inside up to 2,000 photos.", show_default=False)] = None,
 ) -> None:
-    """Write one self-contained HTML page showing every group as a row of thumbnails.
+    """Write one HTML page showing every group as a row of thumbnails, to review and correct them.
 
-    Opening it needs no server and no network. Groups are sorted by size; singletons and skipped
-    files have their own sections; the run's settings are at the top.
+    It needs no server and no network. The least certain groups come first; settings are folded at the end.
+
+    Review in the page: click, or j/k groups, y looks right, x not this product, m move, s same product, u undo.
+
+    Decisions stay in the browser; e exports corrections.json: `group FOLDER --corrections corrections.json`.
 
     Example: [bold]ensemble-group report out/groups.json --labels samples/flipkart/labels.csv[/]
     """
@@ -329,7 +333,7 @@ def report(
         _fail(f"groups file not found: {groups_json}", 2)
     try:
         truth = _labels_dict(labels, groups_json)
-        page = write_report(groups_json, out_html, labels=truth, thumb_size=thumb_size)
+        page = write_report(groups_json, out_html, labels=truth, thumb_size=thumb_size, embed=embed)
     except (OSError, ValueError) as e:
         _fail(str(e), 2)
     out.print(f"wrote {page}", highlight=False)

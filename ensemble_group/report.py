@@ -1,14 +1,17 @@
 """See the groups: a self-contained HTML report and per-group contact sheets from groups.json.
 
 The HTML page needs no server and no network: thumbnails are embedded as base64 JPEG data URIs
-(or written to a `thumbs/` folder beside it), the CSS is inline, and the only script counts the
-decoded thumbnails into `<body data-images-loaded>` (used by the headless-browser test).
-With `labels` (image path relative to the input folder -> product) the page also flags groups
-that mix products and products split over several groups.
+(or written to a `thumbs/` folder beside it: the default for large folders), the CSS and scripts are
+inline. A reviewer corrects the groups in the page (assets/review.js: "looks right", "not this
+product", "same product as"), the decisions are kept in the browser and exported as
+corrections.json, which the next `group --corrections` obeys (corrections.py). With `labels` (image
+path relative to the input folder -> product) the page also flags groups that mix products and
+products split over several groups.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -24,6 +27,11 @@ from .outputs import atomic_write
 
 PAD, CAPTION_H, HEADER_H = 8, 14, 24   # contact-sheet geometry (pixels)
 CHECK_FIRST = 10  # the least certain groups shown first, under "Check these first"
+EMBED_UP_TO = 2000  # larger folders get their thumbnails as files beside the page: it opens fast
+REVIEW_JS = (Path(__file__).parent / "assets" / "review.js").read_text(encoding="utf-8")
+KEYS = ("j / k: next / previous group · h / l: previous / next photo · y: looks right (again: undo it) · "
+        "x: not this product · m: move the photo to group # · s: same product as group # · u: undo · "
+        "e: export corrections.json · ?: these keys. Click a photo or a group to select it.")
 GREY = (200, 200, 200)
 
 CSS = """
@@ -42,7 +50,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 .group{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 10px;margin:0 0 12px}
 .group.mixed{border:2px solid #d33}
 .row,.grid{display:flex;flex-wrap:wrap;gap:8px}
-figure{margin:0;font-size:11px;background:#fff}
+figure{margin:0;font-size:11px;background:#fff;position:relative}
 figure img{display:block;background:#eee;object-fit:contain}
 .odd img{outline:3px solid #d33;outline-offset:-3px}
 figcaption{display:flex;justify-content:space-between;gap:4px}
@@ -53,6 +61,20 @@ figcaption .name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .badge{font-size:11px;font-weight:600;border-radius:10px;padding:1px 8px;color:#fff}
 .badge.mix{background:#d33}.badge.split{background:#e8890c}
 .products{font-size:12px;color:#444;margin:0 0 6px}
+.group,.single{content-visibility:auto;contain-intrinsic-size:auto 220px}
+.review{position:sticky;top:0;z-index:5;background:#fff;border:1px solid #ccc;border-radius:6px;padding:6px 10px;
+ margin:8px 0;display:flex;gap:6px;align-items:center;flex-wrap:wrap;box-shadow:0 1px 4px rgba(0,0,0,.08)}
+.review details{flex-basis:100%;font-size:12px;color:#555}.review .status{color:#0a58ca;font-size:12px}
+.review .askbox{display:none}.review.asking .askbox{display:inline}.review .ask{margin-right:4px}
+button{font:12px system-ui,sans-serif;border:1px solid #bbb;background:#f4f4f4;border-radius:4px;padding:2px 7px;cursor:pointer}
+button.primary{background:#0a58ca;color:#fff;border-color:#0a58ca}
+figure .x{position:absolute;top:2px;right:2px;display:none;padding:0 5px;background:rgba(255,255,255,.9)}
+figure:hover .x,figure.sel .x{display:block}
+.group.focus,.single.focus{outline:2px solid #0a58ca;outline-offset:2px}figure.sel{outline:3px solid #0a58ca}
+.group.ok{border:2px solid #2a8a2a}.group.ok h3::after{content:"looks right";color:#2a8a2a;font-size:12px}
+.badge.same{background:#6a4ad0}.from{color:#6a4ad0;font-weight:600}figure.moved img{opacity:.85}
+.outrow{margin-top:6px;padding-top:4px;border-top:1px dashed #d33}.outrow::before{content:attr(data-label);
+ flex-basis:100%;font-size:11px;color:#b00}.slot{display:none}
 """
 SCRIPT = """<script>(function(){function count(){var n=0,t=document.images.length;
 for(var i=0;i<t;i++){var m=document.images[i];if(m.complete&&m.naturalWidth>0)n++}
@@ -136,10 +158,14 @@ def label_check(groups: list[dict], labels: dict[str, str]) -> tuple[dict[int, C
 
 
 def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dict[str, str] | None = None,
-                 thumb_size: int = 160, embed: bool = True, log: Callable[[str], None] = lambda s: None) -> Path:
-    """Write one self-contained HTML page for a groups.json; returns its path."""
+                 thumb_size: int = 160, embed: bool | None = None, log: Callable[[str], None] = lambda s: None) -> Path:
+    """Write one self-contained HTML page for a groups.json; returns its path. `embed`: thumbnails
+    inside the page (None: up to EMBED_UP_TO photos, else as files in thumbs/ beside it)."""
     groups_json = Path(groups_json)
     data = json.loads(groups_json.read_text(encoding="utf-8"))
+    if embed is None:
+        embed = data.get("n_images", 0) <= EMBED_UP_TO
+    reviewable = all("sha256" in g for g in data.get("groups", []))
     out_html = Path(out_html) if out_html else groups_json.with_name("report.html")
     out_html.parent.mkdir(parents=True, exist_ok=True)
     root = Path(data.get("input", groups_json.parent))
@@ -154,11 +180,12 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     labels = {_norm(k): v for k, v in labels.items()} if labels else None
     per_group, split = label_check(groups, labels) if labels else ({}, {})
     mixed = [g["id"] for g in groups if len(per_group.get(g["id"], ())) > 1]
-    counter = iter(range(10**9))
+    counter, photo_index = iter(range(10**9)), iter(range(10**9))
     thumbs_dir = out_html.parent / "thumbs"
 
-    def fig(rel: str, d: float | None, cls: str = "", tag: str = "", w: int = thumb_size) -> str:
-        """One thumbnail with its short name and distance (full path, note, product in the tooltip)."""
+    def fig(rel: str, d: float | None, cls: str = "", tag: str = "", w: int = thumb_size, sha: str = "") -> str:
+        """One thumbnail with its short name and distance (full path, note, product in the tooltip)
+        and, for review, its index in the page, content hash and a "not this product" button."""
         im, note = thumbnail(_disk_path(root, rel), thumb_size)
         blob = _jpeg(im)
         if embed:
@@ -174,7 +201,9 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
         if note:
             cap += f'</figcaption><figcaption class="note">{esc(note[:40])}'
         cls = " ".join(c for c in (cls, "missing" if note else "") if c)
-        return (f'<figure class="{cls}" title="{esc(title)}" style="width:{w}px">'
+        review = (f' data-i="{next(photo_index)}" data-sha="{sha}" data-rel="{esc(rel)}"' if reviewable else "")
+        out_button = '<button class="x" data-act="x" title="not this product (x)">✕</button>' if reviewable else ""
+        return (f'<figure class="{cls}" title="{esc(title)}" style="width:{w}px"{review}>{out_button}'
                 f'<img loading="lazy" src="{src}" width="{w}" height="{w}" alt="{esc(name)}">'
                 f"<figcaption>{cap}</figcaption></figure>")
 
@@ -202,6 +231,8 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
                 f'{_n(len(split), "split product")}</a>')
     nav += ' · <a href="#settings">Settings</a>'
     parts.append(f'<nav class="toc">{nav}<div class="links">{links}</div></nav>')
+    parts.append(review_bar(data, groups_json) if reviewable else
+                 '<p class="note">This groups.json has no photo hashes (an older run): rerun `group` to review here.</p>')
     if labels:
         items = "".join(f'<li><span class="badge split">product {esc(p)} split over groups '
                         f'{", ".join(map(str, ids))}</span></li>' for p, ids in sorted(split.items()))
@@ -215,13 +246,16 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
         prods = ("<div class=\"products\">products: " + ", ".join(f"{esc(p)} ×{n}" for p, n in c.most_common())
                  + "</div>") if labels else ""
         top = c.most_common(1)[0][0] if len(c) > 1 else None  # in a mixed group, outline the others
-        figs = "".join(fig(r, d, "odd" if top and labels.get(_norm(r), top) != top else "")
-                       for r, d in zip(g["images"], g["distances"]))
+        figs = "".join(fig(r, d, "odd" if top and labels.get(_norm(r), top) != top else "", sha=h)
+                       for r, d, h in zip(g["images"], g["distances"], g.get("sha256", g["images"])))
         sure = "" if g.get("confidence") is None else f'<span class="n">margin {g["confidence"]:.2f}</span>'
         log(f"group {g['id']}: {len(g['images'])} thumbnails")
-        return (f'<div class="group{" mixed" if len(c) > 1 else ""}" id="g{g["id"]}">'
-                f'<h3>Group {g["id"]} <span class="n">{len(g["images"])} images</span>{sure}{badges(g["id"])}</h3>'
-                f'{prods}<div class="row">{figs}</div></div>')
+        buttons = ('<button data-act="y" title="looks right (y)">✓ looks right</button>'
+                   '<button data-act="s" title="same product as group # (s)">= same product as…</button>'
+                   if reviewable else "")
+        return (f'<div class="group{" mixed" if len(c) > 1 else ""}" id="g{g["id"]}" data-gid="{g["id"]}">'
+                f'<h3>Group {g["id"]} <span class="n">{len(g["images"])} images</span>{sure}{badges(g["id"])}'
+                f'{buttons}</h3>{prods}<div class="row">{figs}</div></div>')
 
     if check:
         how = f"cut at {cut:.2f}; " if isinstance(cut, (int, float)) else ""
@@ -235,8 +269,9 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     for g in singles:
         c = per_group.get(g["id"], Counter())
         why = "; ".join(f"product {p} split over groups {', '.join(map(str, split[p]))}" for p in c if p in split)
-        parts.append(f'<div class="single{" split" if why else ""}" id="g{g["id"]}" title="{esc(why)}">'
-                     + fig(g["images"][0], None, tag=f"#{g['id']}", w=thumb_size * 3 // 4) + "</div>")
+        parts.append(f'<div class="single{" split" if why else ""}" id="g{g["id"]}" data-gid="{g["id"]}" '
+                     f'title="{esc(why)}">' + fig(g["images"][0], None, tag=f"#{g['id']}", w=thumb_size * 3 // 4,
+                                                 sha=g.get("sha256", [""])[0]) + "</div>")
     parts.append("</div>")
     rows = "".join(f'<tr><td><code>{esc(s.get("path"))}</code></td><td>{esc(s.get("reason"))}</td></tr>'
                    for s in data.get("skipped", []))
@@ -256,10 +291,28 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<title>ensemble-group report — {esc(root.name)}</title><style>{CSS}</style></head>'
-            f'<body data-images-loaded="0">{SCRIPT}{"".join(parts)}</body></html>\n')
+            f'<body data-images-loaded="0">{SCRIPT}{"".join(parts)}'
+            f'{"<script>" + REVIEW_JS + "</script>" if reviewable else ""}</body></html>\n')
     atomic_write(out_html, page)
     log(f"wrote {out_html}")
     return out_html
+
+
+def review_bar(data: dict[str, Any], groups_json: Path) -> str:
+    """The sticky review toolbar and what the page's script needs: the run's key (decisions are kept
+    per grouping), the corrections this run applied (exported again with the new round)."""
+    key = hashlib.sha256(json.dumps([g["sha256"] for g in data.get("groups", [])]).encode()).hexdigest()[:16]
+    applied = data.get("corrections") or {}
+    payload = {"key": key, "input": data.get("input"), "from": str(groups_json.resolve()),
+               "rounds": applied.get("rounds", []), "names": applied.get("names", {})}
+    blob = json.dumps(payload, ensure_ascii=True).replace("</", "<\\/")
+    return ('<div id="review" class="review"><b>Review</b> <span class="count">0 decisions</span>'
+            '<button data-act="y">Looks right (y)</button><button data-act="x">Not this product (x)</button>'
+            '<button data-act="m">Move to # (m)</button><button data-act="s">Same product as # (s)</button>'
+            '<button data-act="u">Undo (u)</button><button data-act="e" class="primary">Export corrections (e)</button>'
+            '<label class="askbox"><span class="ask"></span><input inputmode="numeric" size="6"></label>'
+            f'<span class="status"></span><details><summary>keys</summary>{esc(KEYS)}</details></div>'
+            f'<script type="application/json" id="review-data">{blob}</script>')
 
 
 def sheet_size(n: int, thumb_size: int = 200, columns: int = 6, labelled: bool = False) -> tuple[int, int]:
