@@ -72,7 +72,7 @@ figure .x{position:absolute;top:2px;right:2px;display:none;padding:0 5px;backgro
 figure:hover .x,figure.sel .x{display:block}
 .group.focus,.single.focus{outline:2px solid #0a58ca;outline-offset:2px}figure.sel{outline:3px solid #0a58ca}
 .group.ok{border:2px solid #2a8a2a}.group.ok h3::after{content:"looks right";color:#2a8a2a;font-size:12px}
-.badge.same{background:#6a4ad0}.from{color:#6a4ad0;font-weight:600}figure.moved img{opacity:.85}
+.badge.same{background:#6a4ad0}.badge.done{background:#2a8a2a}.from{color:#6a4ad0;font-weight:600}figure.moved img{opacity:.85}
 .outrow{margin-top:6px;padding-top:4px;border-top:1px dashed #d33}.outrow::before{content:attr(data-label);
  flex-basis:100%;font-size:11px;color:#b00}.slot{display:none}
 """
@@ -172,8 +172,12 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     groups = sorted(data.get("groups", []), key=lambda g: (-len(g["images"]), g["id"]))
     multi = [g for g in groups if len(g["images"]) > 1]
     singles = [g for g in groups if len(g["images"]) == 1]
-    # the least certain groups of 2+ first (confidence: grouping.group_margins; absent in older files)
-    unsure = sorted((g for g in multi if g.get("confidence") is not None), key=lambda g: (g["confidence"], g["id"]))
+    # the least certain groups of 2+ first (confidence: grouping.group_margins; absent in older files),
+    # except those a reviewer confirmed as they are (a confirmed group of an applied round)
+    confirmed = {frozenset(c) for r in (data.get("corrections") or {}).get("rounds", []) for c in r.get("confirmed", [])}
+    reviewed = {g["id"] for g in multi if frozenset(g.get("sha256", ())) in confirmed}
+    unsure = sorted((g for g in multi if g.get("confidence") is not None and g["id"] not in reviewed),
+                    key=lambda g: (g["confidence"], g["id"]))
     check = unsure[:CHECK_FIRST]
     checked = {g["id"] for g in check}
     rest = [g for g in multi if g["id"] not in checked]
@@ -249,6 +253,8 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
         figs = "".join(fig(r, d, "odd" if top and labels.get(_norm(r), top) != top else "", sha=h)
                        for r, d, h in zip(g["images"], g["distances"], g.get("sha256", g["images"])))
         sure = "" if g.get("confidence") is None else f'<span class="n">margin {g["confidence"]:.2f}</span>'
+        if g["id"] in reviewed:
+            sure += '<span class="badge done">confirmed in review</span>'
         log(f"group {g['id']}: {len(g['images'])} thumbnails")
         buttons = ('<button data-act="y" title="looks right (y)">✓ looks right</button>'
                    '<button data-act="s" title="same product as group # (s)">= same product as…</button>'

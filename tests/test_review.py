@@ -110,6 +110,11 @@ def test_the_next_run_obeys_the_corrections_and_carries_them_forward(reviewed):
         page = browser.open(tmp / "out2" / "report.html")
         _download(page, tmp / "downloads2")
         assert page.eval("JSON.parse(document.getElementById('review-data').textContent).rounds.length") == 1
+        # the confirmed group is marked, and no longer among "Check these first"
+        assert page.eval("!!document.querySelector('#g1 .badge.done')")
+        first = page.eval("[...document.querySelectorAll('.group')].filter(g => g.compareDocumentPosition("
+                          "document.getElementById('groups')) & Node.DOCUMENT_POSITION_FOLLOWING).map(g => g.dataset.gid)")
+        assert first and "1" not in first
         page.key("j"), page.key("y"), page.key("e")
         carried = _wait_file(tmp / "downloads2" / "corrections.json")
     assert len(carried["rounds"]) == 2 and carried["rounds"][0]["must_link"] == corr["rounds"][0]["must_link"]
