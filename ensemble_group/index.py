@@ -9,6 +9,7 @@ Annoy's angular distance is sqrt(2 - 2 cos), in [0, 2], which is also what `angu
 from __future__ import annotations
 
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,11 +25,18 @@ class ModelIndex:
         self._index = AnnoyIndex(dim, "angular")
         self._index.set_seed(seed)
         self.size = 0
+        self.built_in: Path | None = None  # the file an on-disk build wrote (memory-mapped)
 
-    def build(self, vectors: np.ndarray, n_jobs: int = 1) -> "ModelIndex":
-        """Add all vectors (n, dim) and build; n_jobs=1 keeps the trees identical run to run."""
+    def build(self, vectors: np.ndarray, n_jobs: int = 1, on_disk: Path | None = None) -> "ModelIndex":
+        """Add all vectors (n, dim) and build; n_jobs=1 keeps the trees identical run to run.
+
+        `on_disk`: build into that file and memory-map it (Annoy's on_disk_build): a million photos'
+        index needs no second copy in memory, and pages the queries no longer touch can be dropped."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
+        if on_disk is not None:
+            self._index.on_disk_build(str(on_disk))
+            self.built_in = Path(on_disk)
         for i, v in enumerate(vectors):
             self._index.add_item(i, v.tolist())
         self._index.build(self.n_trees, n_jobs=n_jobs)
@@ -36,9 +44,15 @@ class ModelIndex:
         return self
 
     def save(self, path: Path) -> None:
-        """Write atomically: Annoy writes a temp file that is renamed into place."""
+        """Write atomically: Annoy writes a temp file (an on-disk build's file is copied) that is renamed
+        into place."""
         tmp = path.with_name(path.name + ".part")
-        self._index.save(str(tmp))
+        if self.built_in is not None:  # Annoy's save does nothing for an index built on disk
+            self._index.unload()
+            shutil.copyfile(self.built_in, tmp)
+            self.built_in = None
+        else:
+            self._index.save(str(tmp))
         tmp.replace(path)
         self._index.unload()
         self._index = AnnoyIndex(self.dim, "angular")

@@ -56,22 +56,49 @@ class Transform:
         return cls(float(arrays["power"]), arrays.get("mean"), arrays.get("projection"))
 
 
+COVARIANCE_FROM = 50_000  # from this many rows whitening is learned from the covariance, in blocks
+BLOCK = 16_384  # rows read, transformed and written at a time on the blocked path
+
+
 def fit_transform(x: np.ndarray, *, power: float = 1.0, whiten_dim: int = 0, whiten_shrink: float = 1.0,
                   whiten_min: int = MIN_WHITEN_IMAGES) -> tuple[Transform, np.ndarray]:
     """Learn power + whitening (folders of at least `whiten_min` images) on the folder's (n, d) unit
-    vectors; return it and the transformed vectors, (n, min(whiten_dim, d, n - 1)) when whitened."""
+    vectors; return it and the transformed vectors, (n, min(whiten_dim, d, n - 1)) when whitened.
+
+    `x` may be anything that gives row blocks as arrays (`x[a:b]`: a np.memmap, a file reader), so a
+    million photos' vectors need not be in memory. From COVARIANCE_FROM rows the whitening is learned
+    from the covariance, accumulated block by block (the eigenvectors of the covariance are the
+    right singular vectors the SVD gives below: the same whitening up to rounding and sign, without
+    the SVD's copy of the whole matrix: 130 s and 5 GB of 100k x 2048), and only the whitened
+    (n, whiten_dim) float32 rows are kept."""
     t = Transform(power)
-    x = t(x)
     n, d = x.shape
-    if whiten_dim and n >= max(whiten_min, 2):
-        mean = x.mean(axis=0)
-        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-        r = min(whiten_dim, d, n - 1)
-        eig = s[:r] ** 2 / (n - 1)
-        scale = 1.0 / np.sqrt(eig + whiten_shrink * eig.mean())
-        t.mean, t.projection = mean.astype(np.float32), (vt[:r].T * scale).astype(np.float32)
-        x = l2_normalise((x - t.mean) @ t.projection)
-    return t, x.astype(np.float32)
+    if not (whiten_dim and n >= max(whiten_min, 2)):
+        return t, np.concatenate([t(np.asarray(x[s:s + BLOCK])) for s in range(0, n, BLOCK)]) if n else t(np.asarray(x))
+    r = min(whiten_dim, d, n - 1)
+    if n < COVARIANCE_FROM:
+        y = t(np.asarray(x))
+        mean = y.mean(axis=0)
+        _, s, vt = np.linalg.svd(y - mean, full_matrices=False)
+        eig, vectors = s[:r] ** 2 / (n - 1), vt[:r].T
+    else:
+        total, gram = np.zeros(d), np.zeros((d, d))
+        for start in range(0, n, BLOCK):
+            y = t(np.asarray(x[start:start + BLOCK]))
+            total += y.sum(axis=0, dtype=np.float64)
+            gram += y.T @ y  # float32 products, summed per block in float64
+        mean = total / n
+        values, vecs = np.linalg.eigh((gram - n * np.outer(mean, mean)) / (n - 1))
+        top = np.argsort(values)[::-1][:r]
+        eig, vectors = np.maximum(values[top], 0.0), vecs[:, top]
+    scale = 1.0 / np.sqrt(eig + whiten_shrink * eig.mean())
+    t.mean, t.projection = mean.astype(np.float32), (vectors * scale).astype(np.float32)
+    if n < COVARIANCE_FROM:
+        return t, l2_normalise((y - t.mean) @ t.projection).astype(np.float32)
+    out = np.empty((n, r), np.float32)
+    for start in range(0, n, BLOCK):
+        out[start:start + BLOCK] = t(np.asarray(x[start:start + BLOCK]))
+    return t, out
 
 
 def augment(x: np.ndarray, neighbours: np.ndarray, alpha: float = 3.0, chunk: int = 1024) -> np.ndarray:

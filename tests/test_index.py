@@ -60,3 +60,16 @@ def test_all_neighbours_in_threads_equal_one_query_at_a_time():
     assert (together != np.arange(700)[:, None]).all()  # never itself
     few = ModelIndex(24).build(v[:3] / np.linalg.norm(v[:3], axis=1, keepdims=True)).all_neighbours(5)
     assert (few[:, 2:] == -1).all() and (few[:, :2] >= 0).all()  # padded when there are fewer items
+
+
+def test_an_index_built_on_disk_is_the_same_index(tmp_path):
+    """Large folders build each index into a file, memory-mapped: the same trees, the same neighbours,
+    and `save` copies the file (Annoy's own save does nothing for an index built on disk)."""
+    v = vectors()
+    in_memory = ModelIndex(32, n_trees=5, seed=1).build(v)
+    on_disk = ModelIndex(32, n_trees=5, seed=1).build(v, on_disk=tmp_path / "work.ann")
+    assert [on_disk.neighbours(i, 5).tolist() for i in range(20)] == [in_memory.neighbours(i, 5).tolist() for i in range(20)]
+    in_memory.save(tmp_path / "a.ann")
+    on_disk.save(tmp_path / "b.ann")
+    assert (tmp_path / "a.ann").read_bytes() == (tmp_path / "b.ann").read_bytes()
+    assert on_disk.neighbours(3, 5).tolist() == in_memory.neighbours(3, 5).tolist()  # loaded from the saved copy

@@ -56,3 +56,20 @@ def test_the_configs_threshold_reaches_the_whitening():
         t, _ = prepare(x, power=c.power, whiten_dim=c.whiten_dim, whiten_shrink=c.whiten_shrink,
                        whiten_min=c.whiten_min)
         assert (t.projection is not None) == whitened
+
+
+def test_blocked_covariance_whitening_equals_the_svd(monkeypatch, tmp_path):
+    """Large folders learn the whitening from the covariance, block by block, from rows that may live
+    on disk: the same whitened vectors as the SVD (up to each component's sign: compare the cosines)."""
+    from ensemble_group import postprocess
+
+    x, _ = catalogue(60, 8, d=48)
+    _, exact = fit_transform(x, power=0.5, whiten_dim=32)
+    on_disk = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    on_disk[:] = x
+    monkeypatch.setattr(postprocess, "COVARIANCE_FROM", 100)
+    monkeypatch.setattr(postprocess, "BLOCK", 64)  # several blocks, the last one short
+    t, blocked = fit_transform(on_disk, power=0.5, whiten_dim=32)
+    assert blocked.shape == exact.shape == (480, 32) and blocked.dtype == np.float32
+    np.testing.assert_allclose(blocked @ blocked.T, exact @ exact.T, atol=2e-4)
+    np.testing.assert_allclose(t(x[:5]), blocked[:5], atol=1e-5)  # the query-time transform agrees
