@@ -145,8 +145,8 @@ def _previous_ids(previous: Optional[Path], out_dir: Path, force: bool, reporter
         return None
 
 
-def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache,
-                   previous: Optional[Path] = None):
+def _run_and_write(folder: Path | str, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache,
+                   previous: Optional[Path] = None, vectors: Optional[str] = None):
     """Check the output folder first (before the slow part), run the pipeline, write the results;
     groups that were in the previous run (`_previous_ids`) keep their ids."""
     from ensemble_group.outputs import OutputExists, check_out_dir
@@ -154,7 +154,7 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
     from ensemble_group.weights import WeightsNotFound
 
     try:
-        check_out_dir(out_dir, folder, force)
+        check_out_dir(out_dir, Path(folder), force)
     except OutputExists as e:
         _fail(str(e))
     except ValueError as e:  # a usage error: --out inside the input, or not writable
@@ -169,13 +169,15 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
         except CacheError as e:
             _fail(str(e), 2)
     try:
-        run = group_folder(folder, cfg, reporter=reporter, cache_file=cache)
+        run = group_folder(folder, cfg, reporter=reporter, cache_file=cache, vectors=vectors)
     except KeyboardInterrupt:
         _fail("interrupted: the photos extracted so far are cached; rerun the same command to resume", 130)
     except (WeightsNotFound, NothingToGroup) as e:
         _fail(str(e))
     except (NotADirectoryError, ValueError) as e:  # ValueError: a setting this machine cannot run (int8)
         _fail(str(e), 2)
+    except ConnectionError as e:  # the Ray backend: no cluster at that address
+        _fail(f"cannot reach the Ray cluster ({e}); check --ray-address or $RAY_ADDRESS, or start one: ray start --head")
     if kept:
         run.keep_ids(*kept)
     try:
@@ -191,7 +193,7 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
 
 @app.command()
 def group(
-    folder: Annotated[Path, typer.Argument(help="Folder of product photos (searched recursively).")],
+    folder: Annotated[str, typer.Argument(help="Folder of product photos (searched recursively); with --ray also an s3://, gs:// or file:// URI.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write groups.json, groups.csv, run.json and index/.")] = Path("out"),
     config: ConfigOpt = None,
     models: ModelsOpt = None,
@@ -205,15 +207,30 @@ def group(
     with_report: Annotated[bool, typer.Option("--report", help="Also write report.html (thumbnails of every group).")] = False,
     previous: Annotated[Optional[Path], typer.Option("--previous", help="An earlier run's groups.json: groups still there keep its ids (matched by the photos' content). Default: the groups.json that --force replaces.")] = None,
     cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Extract on a Ray cluster ($RAY_ADDRESS, else one `ray start --head` started here, else a local one); needs pip install -e '.[ray]'. Same vectors, same groups.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster to use, e.g. ray://head:10001 (implies --ray).")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", help="Actors per member (implies --ray). Default: one per CPU of the cluster.")] = None,
+    ray_vectors: Annotated[Optional[str], typer.Option("--ray-vectors", help="Where --ray writes each member's vectors as Parquet (a folder or s3://, gs:// URI). Default: OUT/vectors.")] = None,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """Group the photos in FOLDER into products and write the groups.
 
     Example: [bold]ensemble-group group samples/flipkart --config configs/offline.toml --out out/[/]
     """
-    cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode, precision=precision)
+    from ensemble_group.distributed import RayUnavailable, is_uri, require_ray
+
+    on_ray = ray or ray_address is not None or ray_workers is not None or ray_vectors is not None
+    cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode, precision=precision,
+                  backend="ray" if on_ray else None, ray_address=ray_address, ray_workers=ray_workers)
+    if cfg.uses_ray():
+        try:
+            require_ray()
+        except RayUnavailable as e:
+            _fail(str(e), 2)
     reporter = CliReporter(quiet, verbose, progress)
-    run, paths = _run_and_write(folder, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache), previous)
+    source = folder if is_uri(folder) else Path(folder)
+    run, paths = _run_and_write(source, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache), previous,
+                                ray_vectors or str(out_dir / "vectors"))
     groups, (cut, how) = run.groups(), run.cutoff()
     multi = [g for g in groups if g["size"] > 1]
     if not quiet:
