@@ -27,7 +27,9 @@ from ensemble_group.images import (IMAGE_EXTENSIONS, ImageError, ImageFile, Skip
                                    inspect_bytes, scan)
 
 INSTALL = "install the extra: pip install -e '.[ray]'"
-TASK_CPUS = 0.5  # reading, hashing, decoding: light, and must still run beside one actor per CPU
+# Ray's CPUs are logical: an actor per CPU taking whole ones would leave the decoding tasks none and the job
+# would wait for ever, so each actor (one TFLite thread) takes 3/4 of one, and the tasks the rest
+ACTOR_CPUS, TASK_CPUS = 0.75, 0.25
 
 
 class RayUnavailable(RuntimeError):
@@ -284,11 +286,11 @@ class RayEngine:
         ds = ds.map_batches(_decode_batch, fn_kwargs={"uri": self.uri, "size": 0 if spec.builtin else spec.input_size,
                                                       "framing": s.framing},
                             batch_size=batch, batch_format="numpy", num_cpus=TASK_CPUS)
+        actors = min(self.workers, -(-len(todo) // batch))
         ds = ds.map_batches(_Member, fn_constructor_args=(s, ex.weights_path, 1), batch_size=batch,
-                            batch_format="numpy", num_cpus=1,
-                            compute=ray.data.ActorPoolStrategy(size=min(self.workers, -(-len(todo) // batch))))
+                            batch_format="numpy", num_cpus=ACTOR_CPUS, compute=ray.data.ActorPoolStrategy(size=actors))
         bad = {}
-        with self.reporter.task(f"extracting {s.model} on Ray ({self.workers} workers)", len(todo)) as advance:
+        with self.reporter.task(f"extracting {s.model} on Ray ({actors} actors)", len(todo)) as advance:
             for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 sha, errors = [str(h) for h in out["sha256"]], [str(e) for e in out["error"]]
                 vectors = np.asarray(out["vector"], np.float32)

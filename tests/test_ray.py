@@ -49,7 +49,8 @@ class Said(Reporter):
 
 
 def config(backend="local"):
-    return load_config(OFFLINE).replace(models=MEMBERS.split(","), backend=backend)
+    """Batches of 8, so that 20 photos keep two actors per member busy (with decoding tasks beside them)."""
+    return load_config(OFFLINE).replace(models=MEMBERS.split(","), backend=backend, batch_size=8)
 
 
 def invoke(*args):
@@ -67,7 +68,9 @@ def local_vectors(weights_cache):
 
 
 def test_the_cluster_gives_the_local_vectors(local_vectors, tmp_path):
-    feats, _ = folder_features(SAMPLE, config("ray"), cache_file=None, vectors=tmp_path / "vectors")
+    said = Said()
+    feats, _ = folder_features(SAMPLE, config("ray"), cache_file=None, vectors=tmp_path / "vectors", reporter=said)
+    assert "extracting mobilenet-v2 on Ray (2 actors)" in said.lines  # a pool, with the decoding tasks beside it
     assert [im.rel for im in feats.images] == [im.rel for im in local_vectors.images]
     assert [im.sha256 for im in feats.images] == [im.sha256 for im in local_vectors.images]
     for m in MEMBERS.split(","):
