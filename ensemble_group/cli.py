@@ -148,11 +148,18 @@ def _previous_ids(previous: Optional[Path], out_dir: Path, force: bool, reporter
 def _run_and_write(folder: Path | str, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache,
                    previous: Optional[Path] = None, vectors: Optional[str] = None):
     """Check the output folder first (before the slow part), run the pipeline, write the results;
-    groups that were in the previous run (`_previous_ids`) keep their ids."""
+    groups that were in the previous run (`_previous_ids`) keep their ids. The Ray backend writes its
+    Parquet vectors to `vectors` (default: OUT/vectors)."""
+    from ensemble_group.distributed import RayUnavailable, require_ray
     from ensemble_group.outputs import OutputExists, check_out_dir
     from ensemble_group.pipeline import NothingToGroup, group_folder, write_run
     from ensemble_group.weights import WeightsNotFound
 
+    if cfg.uses_ray():
+        try:
+            require_ray()
+        except RayUnavailable as e:
+            _fail(str(e), 2)
     try:
         check_out_dir(out_dir, Path(folder), force)
     except OutputExists as e:
@@ -169,7 +176,7 @@ def _run_and_write(folder: Path | str, cfg, out_dir: Path, force: bool, reporter
         except CacheError as e:
             _fail(str(e), 2)
     try:
-        run = group_folder(folder, cfg, reporter=reporter, cache_file=cache, vectors=vectors)
+        run = group_folder(folder, cfg, reporter=reporter, cache_file=cache, vectors=vectors or out_dir / "vectors")
     except KeyboardInterrupt:
         _fail("interrupted: the photos extracted so far are cached; rerun the same command to resume", 130)
     except (WeightsNotFound, NothingToGroup) as e:
@@ -217,20 +224,15 @@ def group(
 
     Example: [bold]ensemble-group group samples/flipkart --config configs/offline.toml --out out/[/]
     """
-    from ensemble_group.distributed import RayUnavailable, is_uri, require_ray
+    from ensemble_group.distributed import is_uri
 
     on_ray = ray or ray_address is not None or ray_workers is not None or ray_vectors is not None
     cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode, precision=precision,
                   backend="ray" if on_ray else None, ray_address=ray_address, ray_workers=ray_workers)
-    if cfg.uses_ray():
-        try:
-            require_ray()
-        except RayUnavailable as e:
-            _fail(str(e), 2)
     reporter = CliReporter(quiet, verbose, progress)
     source = folder if is_uri(folder) else Path(folder)
     run, paths = _run_and_write(source, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache), previous,
-                                ray_vectors or str(out_dir / "vectors"))
+                                ray_vectors)
     groups, (cut, how) = run.groups(), run.cutoff()
     multi = [g for g in groups if g["size"] > 1]
     if not quiet:

@@ -220,8 +220,11 @@ class RayEngine:
         if not ray.is_initialized():  # address "": $RAY_ADDRESS, else a `ray start` cluster here, else a new one
             ray.init(address=self.address or None, logging_level="WARNING")
         ray.data.DataContext.get_current().enable_progress_bars = False  # the reporter's bar shows progress
-        if not self.workers:
-            self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = ray.cluster_resources().get("CPU", 1)
+        fit = max(1, int((cpus - TASK_CPUS) / ACTOR_CPUS))  # more actors than fit would wait for ever
+        if self.workers > fit:
+            self.reporter.log(f"WARNING: {self.workers} workers asked for, {fit} fit on the cluster's {cpus:g} CPUs")
+        self.workers = min(self.workers or int(cpus), fit)
         return ray
 
     def hash_folder(self) -> tuple[list[ImageFile], list[Skipped]]:

@@ -104,8 +104,9 @@ def test_group_on_ray_writes_the_local_groups_from_a_uri(tmp_path, weights_cache
     args = ["--config", OFFLINE, "--models", MEMBERS, "--no-cache"]
     here = invoke("group", SAMPLE, "--out", tmp_path / "here", *args)
     assert here.exit_code == 0, here.output
-    there = invoke("group", SAMPLE.as_uri(), "--ray", "--ray-workers", 2, "--out", tmp_path / "there", *args)
+    there = invoke("group", SAMPLE.as_uri(), "--ray", "--ray-workers", 4, "--out", tmp_path / "there", *args)
     assert there.exit_code == 0, there.output
+    assert "4 workers asked for, 2 fit on the cluster's 2 CPUs" in there.output  # more would wait for ever
     doc, ray_doc = (json.loads((tmp_path / d / "groups.json").read_text()) for d in ("here", "there"))
     assert ray_doc["groups"] == doc["groups"] and ray_doc["n_groups"] == 6
     assert ray_doc["input"] == SAMPLE.as_uri() and ray_doc["config"] == doc["config"]
