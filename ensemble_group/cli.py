@@ -159,21 +159,28 @@ def _previous_ids(previous: Optional[Path], out_dir: Path, force: bool, reporter
         return None
 
 
-def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache,
-                   previous: Optional[Path] = None):
-    """Check the output folder and the corrections first (before the slow part), run the pipeline,
-    write the results; groups that were in the previous run (`_previous_ids`) keep their ids."""
+def _run_and_write(folder: Path | str, cfg, out_dir: Path, force: bool, reporter: CliReporter, cache,
+                   previous: Optional[Path] = None, vectors: Optional[str] = None):
+    """Check Ray, the corrections and the output folder first (before the slow part), run the pipeline,
+    write the results; groups that were in the previous run (`_previous_ids`) keep their ids. The Ray
+    backend writes its Parquet vectors to `vectors` (default: OUT/vectors)."""
     from ensemble_group.corrections import CorrectionsError, read_corrections
+    from ensemble_group.distributed import RayUnavailable, require_ray
     from ensemble_group.outputs import OutputExists, check_out_dir
     from ensemble_group.pipeline import NothingToGroup, group_folder, write_run
     from ensemble_group.weights import WeightsNotFound
 
+    if cfg.uses_ray():
+        try:
+            require_ray()
+        except RayUnavailable as e:
+            _fail(str(e), 2)
     try:
         corrections = read_corrections(cfg.corrections) if cfg.corrections else None
     except CorrectionsError as e:
         _fail(str(e), 2)
     try:
-        check_out_dir(out_dir, folder, force)
+        check_out_dir(out_dir, Path(folder), force)
     except OutputExists as e:
         _fail(str(e))
     except ValueError as e:  # a usage error: --out inside the input, or not writable
@@ -188,13 +195,16 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
         except CacheError as e:
             _fail(str(e), 2)
     try:
-        run = group_folder(folder, cfg, reporter=reporter, cache_file=cache, corrections=corrections)
+        run = group_folder(folder, cfg, reporter=reporter, cache_file=cache, vectors=vectors or out_dir / "vectors",
+                           corrections=corrections)
     except KeyboardInterrupt:
         _fail("interrupted: the photos extracted so far are cached; rerun the same command to resume", 130)
     except (WeightsNotFound, NothingToGroup) as e:
         _fail(str(e))
     except (NotADirectoryError, ValueError) as e:  # ValueError: a setting this machine cannot run (int8)
         _fail(str(e), 2)
+    except ConnectionError as e:  # the Ray backend: no cluster at that address
+        _fail(f"cannot reach the Ray cluster ({e}); check --ray-address or $RAY_ADDRESS, or start one: ray start --head")
     if kept:
         run.keep_ids(*kept)
     try:
@@ -210,7 +220,7 @@ def _run_and_write(folder: Path, cfg, out_dir: Path, force: bool, reporter: CliR
 
 @app.command()
 def group(
-    folder: Annotated[Path, typer.Argument(help="Folder of product photos (searched recursively).")],
+    folder: Annotated[str, typer.Argument(help="Folder of product photos (searched recursively); with --ray also an s3://, gs:// or file:// URI.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write groups.json, groups.csv, run.json and index/.")] = Path("out"),
     config: ConfigOpt = None,
     models: ModelsOpt = None,
@@ -225,16 +235,26 @@ def group(
     previous: Annotated[Optional[Path], typer.Option("--previous", help="An earlier run's groups.json: groups still there keep its ids (matched by the photos' content). Default: the groups.json that --force replaces.")] = None,
     corrections: Annotated[Optional[Path], typer.Option("--corrections", help="A reviewer's corrections.json, exported from report.html: must-linked photos end up together, cannot-linked ones apart, confirmed groups stay whole. Default: the config's [grouping] corrections.")] = None,
     cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Extract on a Ray cluster ($RAY_ADDRESS, else one `ray start --head` started here, else a local one); needs pip install -e '.[ray]'. Same vectors, same groups.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster to use, e.g. ray://head:10001 (implies --ray).")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", help="Actors per member (implies --ray). Default: one per CPU of the cluster.")] = None,
+    ray_vectors: Annotated[Optional[str], typer.Option("--ray-vectors", help="Where --ray writes each member's vectors as Parquet (a folder or s3://, gs:// URI). Default: OUT/vectors.")] = None,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """Group the photos in FOLDER into products and write the groups.
 
     Example: [bold]ensemble-group group samples/flipkart --config configs/offline.toml --out out/[/]
     """
+    from ensemble_group.distributed import is_uri
+
+    on_ray = ray or ray_address is not None or ray_workers is not None or ray_vectors is not None
     cfg = _config(config, models, weights, random_weights, cutoff=_cutoff_arg(cutoff), k=k, mode=mode, precision=precision,
+                  backend="ray" if on_ray else None, ray_address=ray_address, ray_workers=ray_workers,
                   corrections=str(corrections) if corrections else None)
     reporter = CliReporter(quiet, verbose, progress)
-    run, paths = _run_and_write(folder, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache), previous)
+    source = folder if is_uri(folder) else Path(folder)
+    run, paths = _run_and_write(source, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache), previous,
+                                ray_vectors)
     groups, (cut, how) = run.groups(), run.cutoff()
     multi = [g for g in groups if g["size"] > 1]
     if not quiet:

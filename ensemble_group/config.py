@@ -18,9 +18,12 @@ FRAMINGS = ("squash", "pad", "center-crop")
 NORMALISATIONS = ("robust-z", "quantile", "none")
 POOLINGS = ("avg", "gem", "rmac")
 PRECISIONS = ("auto", "float32", "int8")
+BACKENDS = ("local", "ray", "auto")  # auto: Ray when $RAY_ADDRESS names a cluster, else local
+ENGINE_KEYS = ("backend", "ray_address", "ray_workers")  # where the vectors are made, never what they are
 AUTO = "auto"  # the cutoff read off each folder (autocut.py) instead of a fixed number
 _FLOATS = ("power", "whiten_shrink", "dba_alpha", "rerank_weight", "alone_margin")
-_INTS = ("batch_size", "n_trees", "k", "whiten_dim", "dba_k", "local_k", "rerank_k", "whiten_min", "search_k", "seed")
+_INTS = ("batch_size", "n_trees", "k", "whiten_dim", "dba_k", "local_k", "rerank_k", "whiten_min", "search_k", "seed",
+         "ray_workers")
 
 
 class ConfigError(ValueError):
@@ -61,6 +64,9 @@ class Config:
     cutoff: float | str = AUTO  # "auto": scaled to the folder (autocut.py); or a fused distance, lower = stricter
     alone_margin: float = 0.5  # an image left alone joins the group clearly nearest on average; 0 = off
     corrections: str = ""  # a reviewer's corrections.json (corrections.py) the groups obey; "" = none
+    backend: str = "local"  # where members run: here, or on a Ray cluster (distributed.py; same vectors)
+    ray_address: str = ""  # "": $RAY_ADDRESS, else the cluster `ray start` started here, else a local instance
+    ray_workers: int = 0  # actors per member; 0 = one per CPU of the cluster
 
     def __post_init__(self) -> None:
         for key in _INTS:  # types first: every later check compares numbers
@@ -106,6 +112,9 @@ class Config:
             raise ConfigError(f"calibration must be a folder path (a string), got {self.calibration!r}")
         if self.calibration and self.precision == "float32":
             raise ConfigError("calibration is the int8 calibration folder: it needs precision = \"int8\" or \"auto\"")
+        _choice("backend", self.backend, BACKENDS)
+        if not isinstance(self.ray_address, str):
+            raise ConfigError(f"[engine] address must be a string such as \"ray://head:10001\", got {self.ray_address!r}")
         _choice("normalisation", self.normalisation, NORMALISATIONS)
         _choice("mode", self.mode, GROUPING_MODES)
         if not isinstance(self.corrections, str):
@@ -115,7 +124,7 @@ class Config:
         if not 0 < self.power <= 1:
             raise ConfigError(f"power must be in (0, 1], got {self.power}")
         for key, low in (("batch_size", 1), ("n_trees", 1), ("k", 1), ("whiten_dim", 0), ("dba_k", 0),
-                         ("local_k", 0), ("rerank_k", 0), ("rerank_weight", 0), ("whiten_shrink", 0),
+                         ("local_k", 0), ("rerank_k", 0), ("rerank_weight", 0), ("ray_workers", 0), ("whiten_shrink", 0),
                          ("whiten_min", 2), ("dba_alpha", 0), ("alone_margin", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key} must be >= {low}, got {getattr(self, key)}")
@@ -125,9 +134,18 @@ class Config:
     def fusion_weights(self) -> dict[str, float]:
         return {m: float(self.model_weights.get(m, 1.0)) for m in self.models}
 
+    def uses_ray(self) -> bool:
+        """Whether the members run on Ray: backend "ray", or "auto" with $RAY_ADDRESS set."""
+        import os
+
+        return self.backend == "ray" or (self.backend == "auto" and bool(os.environ.get("RAY_ADDRESS")))
+
     def to_dict(self) -> dict[str, Any]:
+        """The settings that decide the result (the engine does not: both backends write the same groups.json)."""
         d = dataclasses.asdict(self)
         d["models"] = list(self.models)
+        for key in ENGINE_KEYS:
+            del d[key]
         return d
 
     def replace(self, **changes: Any) -> "Config":
@@ -138,7 +156,7 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-# TOML layout: [models] [extraction] [features] [index] [fusion] [grouping]; section -> {toml key: Config field}
+# TOML layout: [models] [extraction] [features] [index] [fusion] [grouping] [engine]; section -> {toml key: Config field}
 _SECTIONS: dict[str, dict[str, str]] = {
     "models": {"members": "models", "weights": "model_weights", "weights_files": "weights_files",
                "allow_random_weights": "allow_random_weights"},
@@ -150,6 +168,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "fusion": {"k": "k", "normalisation": "normalisation", "local_k": "local_k", "rerank_k": "rerank_k",
                "rerank_weight": "rerank_weight"},
     "grouping": {"mode": "mode", "cutoff": "cutoff", "alone_margin": "alone_margin", "corrections": "corrections"},
+    "engine": {"backend": "backend", "address": "ray_address", "workers": "ray_workers"},
 }
 
 

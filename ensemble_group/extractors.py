@@ -150,7 +150,7 @@ class Extractor:
     def __init__(self, spec: ModelSpec, weights_path: Path | None, *, batch_size: int = 32,
                  framing: str = "squash", winograd: bool = True, fold: bool = True, pooling: str = "avg",
                  flip: bool = False, lite: bool = True, lite_file: Path | None = None,
-                 calibration: list[Path] | None = None) -> None:
+                 calibration: list[Path] | None = None, threads: int | None = None) -> None:
         tf = quiet_tf.tensorflow()
 
         from ensemble_group import lite as tflite
@@ -171,7 +171,7 @@ class Extractor:
                 else "this TensorFlow has no TFLite" if not tflite.available() else "lite is off"))
         if lite and lite_file is not None and Path(lite_file).is_file():
             try:
-                self._forward, self.runtime = tflite.LiteForward(path=lite_file), lite_runtime
+                self._forward, self.runtime = tflite.LiteForward(path=lite_file, threads=threads), lite_runtime
                 return
             except (ValueError, RuntimeError, OSError):  # unreadable: convert it again below
                 pass
@@ -190,12 +190,14 @@ class Extractor:
         if self.int8:
             convertible, size = traced(False), spec.input_size
             batches = lambda: quantise.calibration_batches(calibration, size, spec.preprocess)  # noqa: E731
-            self._forward = tflite.LiteForward(lambda: quantise.convert_int8(convertible, size, batches), lite_file)
+            self._forward = tflite.LiteForward(lambda: quantise.convert_int8(convertible, size, batches), lite_file,
+                                              threads)
             self.runtime = lite_runtime  # a model TFLite cannot run raises: no float fallback pretends to be int8
         elif lite:  # TensorFlow's path stays, in case TFLite cannot run this model
             self._fallback = (self._forward, self.runtime)
             convertible = traced(False)
-            self._forward = tflite.LiteForward(lambda: tflite.convert(convertible, spec.input_size), lite_file)
+            self._forward = tflite.LiteForward(lambda: tflite.convert(convertible, spec.input_size), lite_file,
+                                              threads)
             self.runtime = "tflite"
 
     def embed(self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> np.ndarray:

@@ -10,6 +10,7 @@ chunk, so a killed run resumes where it stopped. Byte-identical files are extrac
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,10 +112,13 @@ def even_batch(n: int, largest: int) -> int:
 
 
 def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], cache: EmbeddingCache | None,
-            reporter) -> Features:
+            reporter, *, remote: Callable[..., dict[str, str]] | None = None) -> Features:
     """Vectors for `images` from the cache or the models; undecodable files move to `skipped`.
 
     Models are loaded only if some image misses the cache, so a warm rerun skips TensorFlow's start-up.
+    `remote(missing, path_of, found, keys)` extracts the misses elsewhere instead (a Ray cluster:
+    `distributed.RayExtraction`): it fills `found[model][hash]` (and the cache) and returns {hash: reason}
+    of the files it could not decode.
     """
     unique = list(dict.fromkeys(im.sha256 for im in images))
     path_of = {}
@@ -125,10 +129,30 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], cac
     for m, ex in extractors.items():
         found[m] = cache.get_many(keys[m], unique, MODELS[m].dim) if cache else {}
     missing = [h for h in unique if any(h not in found[m] for m in extractors)]
-    bad: dict[str, str] = {}
-    if missing:
+    if not missing:
+        bad: dict[str, str] = {}
+    elif remote is not None:
+        bad = remote(missing, path_of, found, keys)
+    else:
         reporter.log(f"extracting features of {len(missing)} images ({len(unique) - len(missing)} from the cache)")
-        convert_ahead([ex for m, ex in extractors.items() if any(h not in found[m] for h in missing)], reporter)
+        bad = _extract_here(missing, path_of, extractors, found, cache, keys, reporter)
+    kept = [im for im in images if im.sha256 not in bad]
+    skipped = [Skipped(im.rel, bad[im.sha256]) for im in images if im.sha256 in bad]
+    dims = {m: MODELS[m].dim for m in extractors}
+    vectors = {m: (np.stack([found[m][im.sha256] for im in kept]).astype(np.float32) if kept
+                   else np.zeros((0, dims[m]), np.float32)) for m in extractors}
+    return Features(kept, vectors, skipped, extracted=len(missing) - len(bad),
+                    cached=len(unique) - len(missing),
+                    runtimes={m: ex.runtime for m, ex in extractors.items() if ex.runtime})
+
+
+def _extract_here(missing: list[str], path_of: dict[str, Path], extractors: dict[str, "LazyExtractor"],
+                  found: dict[str, dict[str, np.ndarray]], cache: EmbeddingCache | None, keys: dict[str, str],
+                  reporter) -> dict[str, str]:
+    """`extract`'s misses in this process, chunk by chunk: fills `found` and the cache; {hash: reason} of
+    the undecodable files."""
+    bad: dict[str, str] = {}
+    convert_ahead([ex for m, ex in extractors.items() if any(h not in found[m] for h in missing)], reporter)
     largest = max((ex.settings.batch_size for ex in extractors.values()), default=1)
     batch = even_batch(len(missing), largest)
     chunk_size = batch * max(1, CHUNK // largest)  # whole batches: only the run's last batch is padded
@@ -161,24 +185,18 @@ def extract(images: list[ImageFile], extractors: dict[str, "LazyExtractor"], cac
                 found[m].update(new)
                 if cache:
                     cache.put_many(keys[m], new)  # committed per chunk: a kill loses at most one chunk
-    kept = [im for im in images if im.sha256 not in bad]
-    skipped = [Skipped(im.rel, bad[im.sha256]) for im in images if im.sha256 in bad]
-    dims = {m: MODELS[m].dim for m in extractors}
-    vectors = {m: (np.stack([found[m][im.sha256] for im in kept]).astype(np.float32) if kept
-                   else np.zeros((0, dims[m]), np.float32)) for m in extractors}
-    return Features(kept, vectors, skipped, extracted=len(missing) - len(bad),
-                    cached=len(unique) - len(missing),
-                    runtimes={m: ex.runtime for m, ex in extractors.items() if ex.runtime})
+    return bad
 
 
 class LazyExtractor:
     """An Extractor built on first use: loading a model costs seconds, and a cache hit needs none.
 
     `settings.int8` set (a calibration set, `quantise.calibration_photos`): it runs int8 (see `quantise`).
+    `threads`: TFLite's threads (default: every core; a Ray actor, the cores it was given).
     """
 
-    def __init__(self, settings: ExtractionSettings, weights_path: Path | None) -> None:
-        self.settings, self.weights_path = settings, weights_path
+    def __init__(self, settings: ExtractionSettings, weights_path: Path | None, threads: int | None = None) -> None:
+        self.settings, self.weights_path, self.threads = settings, weights_path, threads
         self._extractor: Extractor | ColourMember | None = None
 
     @property
@@ -216,7 +234,7 @@ class LazyExtractor:
             self._extractor = Extractor(MODELS[s.model], self.weights_path, batch_size=s.batch_size,
                                         framing=s.framing, winograd=s.winograd, pooling=s.pooling, flip=s.flip,
                                         lite=s.lite, lite_file=self.lite_file,
-                                        calibration=s.int8.photos if s.int8 else None)
+                                        calibration=s.int8.photos if s.int8 else None, threads=self.threads)
         return self._extractor
 
     @property

@@ -260,6 +260,12 @@ def load(path: Path, rel: str = "") -> np.ndarray:
             raise
 
 
+def decode_bytes(data: bytes) -> np.ndarray:
+    """A file's bytes decoded as `load` decodes the file (the Ray path reads them itself), or ImageError."""
+    with _bombs_are_errors():
+        return _decode(data)
+
+
 def _read_decode(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as f:  # read-only; the whole file, so I/O and decode errors separate
@@ -276,6 +282,11 @@ def _inspect(path: Path) -> tuple[str, str]:
             data = f.read()
     except OSError as e:
         raise ImageError(_os_reason(e)) from None
+    return inspect_bytes(data)
+
+
+def inspect_bytes(data: bytes) -> tuple[str, str]:
+    """(sha256 hex digest, repair note) of a file's bytes (`_inspect`; the Ray path reads them itself)."""
     dropped = png_damaged_chunks(data)[1]
     return hashlib.sha256(data).hexdigest(), _repair_note(dropped) if dropped else ""
 

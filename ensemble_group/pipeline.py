@@ -15,6 +15,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from ensemble_group import __version__, lite
 from ensemble_group.config import Config
 from ensemble_group.corrections import Corrections, read_corrections, resolve
 from ensemble_group.cpu import choose_precision
+from ensemble_group.distributed import RayEngine, is_uri
 from ensemble_group.extractors import MODELS
 from ensemble_group.features import (Features, convert_ahead, embed_photo, extract, load_extractors, open_cache,
                                      resolve_weights)
@@ -46,7 +48,7 @@ class NothingToGroup(RuntimeError):
 class Run:
     """Everything one grouping run produced; `groups()` and `to_json()` give the results."""
 
-    folder: Path
+    folder: Path | str  # str: a URI the Ray backend read
     config: Config
     images: list[ImageFile]
     skipped: list[Skipped]
@@ -120,7 +122,7 @@ class Run:
         return {
             "tool": "ensemble-group",
             "version": __version__,
-            "input": str(self.folder.resolve()),
+            "input": str(self.folder) if is_uri(self.folder) else str(Path(self.folder).resolve()),
             "n_images": len(self.images),
             "n_groups": len(groups),
             "n_skipped": len(self.skipped),
@@ -188,16 +190,22 @@ def default_cache_file() -> Path:
 
 def folder_features(folder: Path | str, config: Config, *, reporter: Reporter = Reporter(),
                     weights: dict[str, WeightsRef] | None = None, cache_file: Path | None | str = "default",
-                    select: Callable[[ImageFile], bool] | None = None) -> tuple[Features, dict[str, WeightsRef]]:
+                    select: Callable[[ImageFile], bool] | None = None,
+                    vectors: Path | str | None = None) -> tuple[Features, dict[str, WeightsRef]]:
     """Hash the folder's images (those `select` keeps) and get every model's vectors, cache first.
 
-    cache_file None = no cache.
+    cache_file None = no cache. With `config.uses_ray()` the hashing and the extraction run on a Ray
+    cluster (`distributed.RayEngine`), `folder` may be a URI (s3://, gs://, file://) and the vectors are
+    also written as Parquet under `vectors` (default: ray-vectors/ beside the default cache).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
+    if not config.uses_ray() and is_uri(folder):
+        raise NotADirectoryError(f"{folder}: an object-store URI is read on the Ray backend only; add --ray")
+    if not is_uri(folder) and not Path(folder).is_dir():
         raise NotADirectoryError(f"input folder not found or not a folder: {folder}")
+    engine = (RayEngine(folder, reporter, address=config.ray_address, workers=config.ray_workers,
+                        vectors=vectors or default_cache_file().parent / "ray-vectors") if config.uses_ray() else None)
     weights = weights or resolve_weights(config, reporter)
-    images, skipped = hash_folder(folder)
+    images, skipped = engine.hash_folder() if engine else hash_folder(Path(folder))
     if select:
         images = [im for im in images if select(im)]
     reporter.log(f"found {len(images)} images in {folder}" + (f", {len(skipped)} files skipped" if skipped else ""))
@@ -207,10 +215,13 @@ def folder_features(folder: Path | str, config: Config, *, reporter: Reporter = 
     cache_path = default_cache_file() if cache_file == "default" else cache_file
     cache = open_cache(Path(cache_path) if cache_path else None, reporter.log, required=cache_file != "default")
     try:
-        feats = extract(images, extractors, cache, reporter)
+        feats = extract(images, extractors, cache, reporter,
+                        remote=partial(engine.extract, extractors, cache) if engine else None)
     finally:
         if cache:
             cache.close()
+    if engine:
+        feats.runtimes.update(engine.runtimes)
     feats.skipped = sorted(skipped + feats.skipped, key=lambda s: s.rel)
     if not feats.images:
         raise NothingToGroup(f"no readable image in {folder} ({len(feats.skipped)} files skipped)")
@@ -219,7 +230,8 @@ def folder_features(folder: Path | str, config: Config, *, reporter: Reporter = 
 
 def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Reporter(),
                  weights: dict[str, WeightsRef] | None = None, cache_file: Path | None | str = "default",
-                 corrections: Corrections | None = None) -> Run:
+                 corrections: Corrections | None = None,
+                 vectors: Path | str | None = None) -> Run:
     """Run the whole path on one folder and return the Run (nothing is written).
 
     The groups obey a reviewer's `corrections` (or the config's `corrections` file, read here), keyed
@@ -227,13 +239,14 @@ def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Rep
 
     `precision = "auto"` is decided here, once (`cpu.choose_precision`), and the grouper keeps the
     decision in its config: a saved index is then queried at the precision it was built with, on
-    any machine."""
+    any machine. `vectors`: where the Ray backend writes its Parquet vectors (`folder_features`)."""
     t0 = time.perf_counter()
     if corrections is None and config.corrections:
         corrections = read_corrections(config.corrections)
     precision = choose_precision(config.precision, config.lite)
     pinned = config.replace(precision=precision[0])
-    feats, weights = folder_features(folder, pinned, reporter=reporter, weights=weights, cache_file=cache_file)
+    feats, weights = folder_features(folder, pinned, reporter=reporter, weights=weights, cache_file=cache_file,
+                                     vectors=vectors)
     t1 = time.perf_counter()
     names = [display_name(im.rel) for im in feats.images]
     constraints, applied = None, None
@@ -246,15 +259,16 @@ def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Rep
     t2 = time.perf_counter()
     timings = {"features": round(t1 - t0, 3), **grouper.timings_, "total": round(t2 - t0, 3),
                "extracted": feats.extracted, "from_cache": feats.cached}
-    return Run(Path(folder), config, feats.images, feats.skipped, weights, feats.vectors, grouper, timings,
-               feats.runtimes, precision, corrections=applied)
+    return Run(folder if is_uri(folder) else Path(folder), config, feats.images, feats.skipped, weights, feats.vectors,
+               grouper, timings, feats.runtimes, precision,
+               corrections=applied)
 
 
 def write_run(run: Run, out: Path, *, force: bool = False) -> dict[str, Path]:
     """Write groups.json, groups.csv, run.json and the saved indexes into `out`, all together or not at
     all (outputs.staged: a failure while writing leaves the previous results as they were)."""
     out = Path(out)
-    check_out_dir(out, run.folder, force)
+    check_out_dir(out, Path(str(run.folder)), force)
     doc = run.to_json()
     with staged(out) as stage:
         (stage / INDEX_DIR).mkdir()

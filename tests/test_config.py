@@ -102,3 +102,21 @@ def test_extraction_and_grouping_keys_are_read(tmp_path):
 
 def test_built_in_defaults_are_the_offline_config():
     assert Config() == load_config(CONFIGS / "offline.toml")  # the CLI's --help promises this
+
+
+def test_the_engine_section_picks_where_members_run_and_stays_out_of_groups_json(tmp_path, monkeypatch):
+    p = tmp_path / "c.toml"
+    p.write_text('[engine]\nbackend = "ray"\naddress = "ray://head:10001"\nworkers = 4\n')
+    c = load_config(p)
+    assert (c.backend, c.ray_address, c.ray_workers, c.uses_ray()) == ("ray", "ray://head:10001", 4, True)
+    assert "backend" not in c.to_dict() and c.to_dict() == Config().to_dict()  # same groups.json either way
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not Config(backend="auto").uses_ray() and not Config().uses_ray()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert Config(backend="auto").uses_ray() and not Config().uses_ray()  # local stays local
+    p.write_text('[engine]\nbackend = "spark"\n')
+    with pytest.raises(ConfigError, match="^backend must be one of local, ray, auto; got 'spark'$"):
+        load_config(p)
+    p.write_text("[engine]\nworkers = -1\n")
+    with pytest.raises(ConfigError, match="ray_workers must be >= 0"):
+        load_config(p)
