@@ -224,14 +224,16 @@ class Fusion:
         return neigh
 
     def _rank(self, rows: np.ndarray, cand: np.ndarray, chunk: int) -> FusedNeighbours:
-        cand = _dedupe(cand)
-        dist = np.full(cand.shape, np.inf)
+        """Candidates deduplicated, scored and sorted a chunk of rows at a time (written in place:
+        memory stays the lists themselves at a million images)."""
+        ids, dist = np.empty_like(cand), np.empty(cand.shape)
         for s in range(0, len(rows), chunk):
-            r, c = rows[s:s + chunk], cand[s:s + chunk]
-            valid = c >= 0
+            r, c = rows[s:s + chunk], _dedupe(cand[s:s + chunk])
             raw = {m: _rows_distance(v[r], v[np.maximum(c, 0)]) for m, v in self.vectors.items()}
-            dist[s:s + chunk] = np.where(valid, self.combine(raw), np.inf)
-        return _sort(cand, dist)
+            part = _sort(c, np.where(c >= 0, self.combine(raw), np.inf), trim=False)
+            ids[s:s + chunk], dist[s:s + chunk] = part.ids, part.dist
+        keep = np.isfinite(dist).any(axis=0)  # drop columns that are padding in every row
+        return FusedNeighbours(ids[:, keep], dist[:, keep]) if not keep.all() else FusedNeighbours(ids, dist)
 
 
 def local_offsets(neigh: FusedNeighbours, k: int) -> tuple[np.ndarray, float]:
@@ -277,10 +279,11 @@ def _dedupe(cand: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sort(cand: np.ndarray, dist: np.ndarray) -> FusedNeighbours:
+def _sort(cand: np.ndarray, dist: np.ndarray, trim: bool = True) -> FusedNeighbours:
     order = np.argsort(dist, axis=1, kind="stable")
     ids = np.take_along_axis(cand, order, axis=1)
     d = np.take_along_axis(dist, order, axis=1)
-    keep = np.isfinite(d).any(axis=0)  # drop columns that are padding in every row
-    ids, d = ids[:, keep], d[:, keep]
+    if trim:
+        keep = np.isfinite(d).any(axis=0)  # drop columns that are padding in every row
+        ids, d = ids[:, keep], d[:, keep]
     return FusedNeighbours(np.where(np.isfinite(d), ids, -1), d)

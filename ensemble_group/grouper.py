@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ class Grouper:
         with reporter.task("fusing and grouping", 1) as advance:
             self.fusion_ = Fusion.for_config(prepared, self.config)
             self.neighbours_ = self.fusion_.neighbours(self.indexes_, self.config.k)
+            for index in self.indexes_.values():
+                index.drop_pages()
             self.names_ = list(names) if names is not None else None
             self.labels_ = numbered(group_as(self.config, self.neighbours_, self.fusion_,
                                              constraints=self.constraints_), self.names_)
@@ -264,14 +267,32 @@ def prepare_vectors(vectors: dict[str, np.ndarray], config: Config) -> tuple[dic
     return transforms, out
 
 
+ON_DISK_FROM = 100_000  # from this many images each index is built into a file and memory-mapped
+
+
+def search_k(config: Config, n: int) -> int:
+    """Annoy's search_k: the config's, or by default n_trees x (k + 1) up to ON_DISK_FROM images and
+    that x sqrt(n / ON_DISK_FROM) beyond: with a fixed search_k a tree search finds fewer of a photo's
+    true neighbours as the folder grows (synthetic 100k: 1.8 of a product's other views found at
+    the default, 2.6 at 4x), so larger folders search more (benchmarks/README.md, "Scale")."""
+    if config.search_k != -1 or n <= ON_DISK_FROM:
+        return config.search_k
+    return int(config.n_trees * (config.k + 1) * (n / ON_DISK_FROM) ** 0.5)
+
+
 def build_indexes(vectors: dict[str, np.ndarray], config: Config, reporter: Reporter | None = None) -> dict[str, ModelIndex]:
-    """One Annoy index per model over its (post-processed) vectors."""
+    """One Annoy index per model over its (post-processed) vectors; from ON_DISK_FROM images built on
+    disk (a temporary folder that lives as long as the indexes; `save` copies the files out)."""
     reporter = reporter or Reporter()
     indexes = {}
+    work = None
     for name, v in vectors.items():
+        if len(v) >= ON_DISK_FROM and work is None:
+            work = tempfile.TemporaryDirectory(prefix="ensemble-group-index-")
         with reporter.task(f"indexing {name}", 1) as advance:
-            indexes[name] = ModelIndex(v.shape[1], n_trees=config.n_trees, search_k=config.search_k,
-                                       seed=config.seed).build(v)
+            indexes[name] = ModelIndex(v.shape[1], n_trees=config.n_trees, search_k=search_k(config, len(v)),
+                                       seed=config.seed).build(v, on_disk=Path(work.name) / f"{name}.ann" if work else None)
+            indexes[name].workdir = work  # removed when the last index holding it goes
             advance(1)
     return indexes
 

@@ -77,7 +77,7 @@ def fit_transform(x: np.ndarray, *, power: float = 1.0, whiten_dim: int = 0, whi
         return t, np.concatenate([t(np.asarray(x[s:s + BLOCK])) for s in range(0, n, BLOCK)]) if n else t(np.asarray(x))
     r = min(whiten_dim, d, n - 1)
     if n < COVARIANCE_FROM:
-        y = t(np.asarray(x))
+        y = t(np.asarray(x[0:n]))
         mean = y.mean(axis=0)
         _, s, vt = np.linalg.svd(y - mean, full_matrices=False)
         eig, vectors = s[:r] ** 2 / (n - 1), vt[:r].T

@@ -69,6 +69,8 @@ def test_an_index_built_on_disk_is_the_same_index(tmp_path):
     in_memory = ModelIndex(32, n_trees=5, seed=1).build(v)
     on_disk = ModelIndex(32, n_trees=5, seed=1).build(v, on_disk=tmp_path / "work.ann")
     assert [on_disk.neighbours(i, 5).tolist() for i in range(20)] == [in_memory.neighbours(i, 5).tolist() for i in range(20)]
+    on_disk.drop_pages()  # mapped again, still the same index
+    assert on_disk.neighbours(7, 5).tolist() == in_memory.neighbours(7, 5).tolist()
     in_memory.save(tmp_path / "a.ann")
     on_disk.save(tmp_path / "b.ann")
     assert (tmp_path / "a.ann").read_bytes() == (tmp_path / "b.ann").read_bytes()
