@@ -199,7 +199,8 @@ def test_one_model_alone_and_new_or_renamed_files(tmp_path, weights_cache):
     assert doc["n_images"] == 21 and "renamed.jpeg" in {im for g in doc["groups"] for im in g["images"]}
 
 
-def test_bad_files_are_skipped_and_listed(tmp_path, weights_cache):
+def messy_folder(tmp_path: Path) -> Path:
+    """Three of the sample's photos, an empty file, a truncated JPEG and a text file named .png."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in sorted((SAMPLE / "images").iterdir())[:3]:
@@ -207,6 +208,11 @@ def test_bad_files_are_skipped_and_listed(tmp_path, weights_cache):
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "broken.jpg").write_bytes((SAMPLE / "images" / name.name).read_bytes()[:500])
     (folder / "notes.png").write_text("not an image")
+    return folder
+
+
+def test_bad_files_are_skipped_and_listed(tmp_path, weights_cache):
+    folder = messy_folder(tmp_path)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     result = invoke("group", folder, "--config", OFFLINE, "--models", "mobilenet-v2", "--out", tmp_path / "out", "--no-cache")
     assert result.exit_code == 0, result.output

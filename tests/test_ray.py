@@ -2,7 +2,6 @@
 only the cache's misses sent to the cluster, a killed job resumed from its Parquet parts, bad files listed."""
 
 import json
-import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from ensemble_group.cli import app
 from ensemble_group.config import load_config
 from ensemble_group.pipeline import folder_features
 from ensemble_group.reporter import Reporter
+from tests.test_cli import messy_folder
 
 ray = pytest.importorskip("ray", reason="the Ray backend's tests need the ray extra: pip install -e '.[ray]'")
 
@@ -114,13 +114,7 @@ def test_group_on_ray_writes_the_local_groups_from_a_uri(tmp_path, weights_cache
 
 
 def test_bad_files_are_skipped_and_listed_as_on_the_local_path(tmp_path, weights_cache):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for name in sorted((SAMPLE / "images").iterdir())[:3]:
-        shutil.copy(name, folder / name.name)
-    (folder / "empty.jpg").write_bytes(b"")
-    (folder / "broken.jpg").write_bytes((SAMPLE / "images" / name.name).read_bytes()[:500])
-    (folder / "notes.png").write_text("not an image")
+    folder = messy_folder(tmp_path)
     args = ["--config", OFFLINE, "--models", "colour-lab", "--no-cache"]
     here = invoke("group", folder, "--out", tmp_path / "here", *args)
     there = invoke("group", folder, "--ray", "--out", tmp_path / "there", *args)
