@@ -72,7 +72,9 @@ class Grouper:
             reporter: Reporter | None = None, constraints: Constraints | None = None) -> "Grouper":
         """Learn, index, fuse and group: `vectors` source -> (n, dim) rows of the same n images, one
         entry per member (normally the config's models; any named vectors work, e.g. `compare`'s
-        perceptual hashes, but only the config's models can `query` a photo); `names` (n,) optional,
+        perceptual hashes, but only the config's models can `query` a photo); with whitening, a block reader
+        (anything with `shape` and row slices: a memmap, a file) serves too, read a block at a time, so a
+        million photos' raw vectors need not be in memory (benchmarks/scale.py); `names` (n,) optional,
         kept for `save`; `constraints` the corrections the groups must obey (`corrections.resolve`).
         Returns self."""
         reporter = reporter or Reporter()
