@@ -208,7 +208,9 @@ def resolve(corrections: Corrections, hashes: list[str], names: list[str] | None
         for b in confirmed_roots[i + 1:]:
             if root(a) != root(b) and not kept_apart({root(a), root(b)}):
                 cannot.append((a, b))
-    summary = {"files": corrections.files, "rounds": len(corrections.rounds), "applied": kept,
-               "unknown_photos": sorted(name(h) for h in unknown), "contradictions": contradictions}
+    summary = {"files": corrections.files, "n_rounds": len(corrections.rounds), "applied": kept,
+               "unknown_photos": sorted(name(h) for h in unknown), "contradictions": contradictions,
+               "rounds": corrections.rounds,  # the report exports them again with the next round
+               "names": {h: n for h, n in corrections.names.items() if h not in rows_of}}  # of photos gone
     as_array = lambda pairs: np.asarray(pairs, np.int64).reshape(-1, 2)  # noqa: E731
     return Constraints(as_array(must), as_array(cannot)), summary

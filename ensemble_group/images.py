@@ -266,23 +266,22 @@ def decode_bytes(data: bytes) -> np.ndarray:
         return _decode(data)
 
 
-def _read_decode(path: Path) -> np.ndarray:
+def _read(path: Path) -> bytes:
+    """A file's bytes, read-only and whole (so I/O and decode errors separate), or ImageError(reason)."""
     try:
-        with open(path, "rb") as f:  # read-only; the whole file, so I/O and decode errors separate
-            data = f.read()
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as e:
         raise ImageError(_os_reason(e)) from None
-    return _decode(data)
+
+
+def _read_decode(path: Path) -> np.ndarray:
+    return _decode(_read(path))
 
 
 def _inspect(path: Path) -> tuple[str, str]:
     """(sha256 hex digest, repair note) of one file: what hashing a folder learns without decoding."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageError(_os_reason(e)) from None
-    return inspect_bytes(data)
+    return inspect_bytes(_read(path))
 
 
 def inspect_bytes(data: bytes) -> tuple[str, str]:

@@ -252,9 +252,6 @@ def group_folder(folder: Path | str, config: Config, *, reporter: Reporter = Rep
     constraints, applied = None, None
     if corrections is not None:
         constraints, applied = resolve(corrections, [im.sha256 for im in feats.images], names)
-        applied["rounds"] = corrections.rounds  # the page exports them again with the next round
-        present = {im.sha256 for im in feats.images}
-        applied["names"] = {h: n for h, n in corrections.names.items() if h not in present}  # of photos gone
     grouper = Grouper(pinned).fit(feats.vectors, names, reporter, constraints)
     t2 = time.perf_counter()
     timings = {"features": round(t1 - t0, 3), **grouper.timings_, "total": round(t2 - t0, 3),
