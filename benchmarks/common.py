@@ -26,12 +26,20 @@ def sets(grocery: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def photos(n: int) -> list[Path]:
-    """The first n photos of grocery's labels-810.csv (sorted), else of the bundled sample."""
+    """The first n photos of grocery's labels-810.csv (sorted), then of the rest of grocery (sorted),
+    else of the bundled sample."""
     labels = GROCERY / "labels-810.csv"
     if labels.is_file():
-        rows = sorted(line.split(",")[0] for line in labels.read_text().splitlines()[1:])
+        rows = _images_of(labels)
+        if n > len(rows):
+            rows += sorted(set(_images_of(GROCERY / "labels.csv")) - set(rows))
         return [GROCERY / r for r in rows[:n]]
     return sorted((ROOT / "samples" / "flipkart" / "images").iterdir())[:n]
+
+
+def _images_of(labels: Path) -> list[str]:
+    """The image column of a labels file, sorted."""
+    return sorted(line.split(",")[0] for line in labels.read_text().splitlines()[1:])
 
 
 def write_result(name: str, doc: dict) -> Path:

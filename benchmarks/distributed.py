@@ -5,7 +5,7 @@ starting a local instance of `--workers` CPUs included), with a cold embedding c
 temporary file: the user's cache is never touched):
   * local: `group_folder` as `ensemble-group group` runs it;
   * ray: the same with backend "ray" on a local Ray instance (`ray.init(num_cpus=workers)`),
-    `workers` actors per member.
+    `workers` actors, each holding every member.
 Reported: wall seconds and images per second of each, their ratio, Ray's overhead (its start, and its
 features stage minus the local one), the peak memory of each Ray worker process (VmHWM, sampled from
 /proc while the job runs) beside the local process's, and whether both gave the same vectors
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config_options(parser)
     parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray instance = actors per member")
+    parser.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray instance = actors (each holds every member)")
     parser.add_argument("--rounds", type=int, default=1, help="the arms take turns this many times; best kept")
     parser.add_argument("--arm", choices=["local", "ray"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -141,14 +141,15 @@ def main() -> None:
            "ray_vs_local_throughput": round(lw / rw, 3),
            "local_features_s": li["stages_s"]["features"], "ray_features_s": ri["stages_s"]["features"],
            "ray_start_s": ri["ray_start_s"],
-           "ray_overhead_s": round(rw - lw, 2),  # all of it: the instance's start, scheduling, decoding per member
+           "ray_overhead_s": round(rw - lw, 2),  # all of it: the instance's start, the actors' start, scheduling
            "local_peak_rss_mb": li["peak_rss_mb"], "ray_driver_peak_rss_mb": ri["peak_rss_mb"],
            "ray_actors_peak_rss_mb": ri.get("ray_actors_peak_rss_mb"),
            "ray_workers_peak_rss_mb": ri.get("ray_workers_peak_rss_mb"),
            "min_cosine_ray_vs_local": round(cosine, 6), "same_groups": same_groups}
     print(json.dumps(row), flush=True)
     name = f"distributed-{Path(args.config).stem}" + (f"-{args.precision}" if args.precision else "")
-    write_result(f"{name}-{args.images}-{machine_tag(machine['cpu'])}.json",
+    workers = f"-{args.workers}workers" if args.workers != 2 else ""
+    write_result(f"{name}-{args.images}{workers}-{machine_tag(machine['cpu'])}.json",
                  {"config": args.config, "precision": args.precision, "images": args.images, "rounds": args.rounds,
                   "machine": machine, "row": row})
 

@@ -237,7 +237,7 @@ def group(
     cache_file: CacheOpt = None, no_cache: NoCacheOpt = False,
     ray: Annotated[bool, typer.Option("--ray", help="Extract on a Ray cluster ($RAY_ADDRESS, else one `ray start --head` started here, else a local one); needs pip install -e '.[ray]'. Same vectors, same groups.")] = False,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="The Ray cluster to use, e.g. ray://head:10001 (implies --ray).")] = None,
-    ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", help="Actors per member (implies --ray). Default: one per CPU of the cluster.")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option("--ray-workers", help="Actors, each running every member (implies --ray). Default: one per CPU of the cluster.")] = None,
     ray_vectors: Annotated[Optional[str], typer.Option("--ray-vectors", help="Where --ray writes each member's vectors as Parquet (a folder or s3://, gs:// URI). Default: OUT/vectors.")] = None,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:

@@ -66,7 +66,7 @@ class Config:
     corrections: str = ""  # a reviewer's corrections.json (corrections.py) the groups obey; "" = none
     backend: str = "local"  # where members run: here, or on a Ray cluster (distributed.py; same vectors)
     ray_address: str = ""  # "": $RAY_ADDRESS, else the cluster `ray start` started here, else a local instance
-    ray_workers: int = 0  # actors per member; 0 = one per CPU of the cluster
+    ray_workers: int = 0  # actors (each runs every member); 0 = one per CPU of the cluster
 
     def __post_init__(self) -> None:
         for key in _INTS:  # types first: every later check compares numbers

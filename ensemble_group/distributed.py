@@ -2,9 +2,10 @@
 over Ray Data, for folders too big for one machine.
 
 The files are listed here (a local folder, or a URI pyarrow reads: s3://, gs://, file://) and hashed
-in Ray tasks. Only the images missing from the embedding cache go to the cluster: per member, tasks
-decode and frame them exactly as `features.extract` does and a pool of actors runs the member (each
-actor loads it once). The vectors stream back to this process, which writes them as Parquet parts
+in Ray tasks. Only the images missing from the embedding cache go to the cluster, in one job for all
+the members: tasks decode each photo once and frame it as `features.extract` does, and a pool of actors,
+each holding every member the job needs (loaded once per actor), embeds the rows each member still
+lacks. The vectors stream back to this process, which writes them as Parquet parts
 (one dataset per member, keyed by content hash) and into the local cache as they arrive, so a job
 killed part-way loses only the batches in flight: the next run merges the parts already written
 before it sends anything. Ray is imported only on this path (`pip install -e '.[ray]'`).
@@ -102,40 +103,58 @@ def _hash_batch(batch: dict, uri: str | None) -> dict:
             "repaired": np.array(repaired, object), "error": np.array(error, object)}
 
 
-def _decode_batch(batch: dict, uri: str | None, size: int, framing: str) -> dict:
-    """Ray task: decode each file (`images.decode_many`) and frame it for the member (`features.extract`);
-    size 0: the whole photo (the colour member). A file that cannot be decoded gets a blank image and its
-    reason in "error"."""
-    images = np.empty(len(batch["path"]), object)
-    errors = np.empty(len(batch["path"]), object)
+def _decode_batch(batch: dict, uri: str | None, framings: list[tuple[int, str]], photos: bool) -> dict:
+    """Ray task: decode each file once (`images.decode_bytes`) and frame it for every input size and framing
+    the members need ("frame<i>": framings[i]), as `features.extract` does; `photos`: keep the whole photo
+    too (the colour member). A file that cannot be decoded gets blanks and its reason in "error"."""
+    n = len(batch["path"])
+    errors = np.empty(n, object)
+    frames = [np.zeros((n, size, size, 3), np.float32) for size, _ in framings]
+    whole = np.empty(n, object)
     for i, path in enumerate(batch["path"]):
         try:
-            photo = decode_bytes(read_bytes(uri, str(path)))
-            images[i], errors[i] = (frame(photo, size, framing) if size else photo), ""
+            photo, errors[i] = decode_bytes(read_bytes(uri, str(path))), ""
         except ImageError as e:
-            images[i] = np.zeros((size, size, 3), np.float32) if size else np.zeros((1, 1, 3), np.uint8)
-            errors[i] = e.reason
-    return {"sha256": batch["sha256"], "image": np.stack(images) if size else images, "error": errors}
+            photo, errors[i] = np.zeros((1, 1, 3), np.uint8), e.reason
+        else:
+            for f, (size, framing) in enumerate(framings):
+                frames[f][i] = frame(photo, size, framing)
+        whole[i] = photo
+    out = {"sha256": batch["sha256"], "error": errors} | {f"need{m}": batch[f"need{m}"] for m in _needs(batch)}
+    out |= {f"frame{f}": a for f, a in enumerate(frames)}
+    return out | ({"photo": whole} if photos else {})
 
 
-class _Member:
-    """Ray actor: one member, loaded once (the local path's `LazyExtractor`), run on decoded batches."""
+def _needs(batch: dict) -> list[int]:
+    """The member numbers of a batch's "need<m>" columns (which rows each member still has to embed)."""
+    return sorted(int(k[4:]) for k in batch if k.startswith("need"))
 
-    def __init__(self, settings: ExtractionSettings, weights_path: Path | None, threads: int) -> None:
-        if weights_path is not None and not Path(weights_path).is_file():
-            raise FileNotFoundError(f"{settings.model}: weights file {weights_path} is not on this node; run "
-                                    "`ensemble-group weights fetch` on every node or share $ENSEMBLE_GROUP_CACHE")
-        self.member, self.spec = LazyExtractor(settings, weights_path, threads), MODELS[settings.model]
+
+class _Members:
+    """Ray actor: every member the job needs, each loaded once (the local path's `LazyExtractor`), run on
+    the decoded batches; a member embeds only the rows it still needs ("need<m>"), into "vector<m>"."""
+
+    def __init__(self, members: list[tuple[ExtractionSettings, Path | None, int]], threads: int) -> None:
+        self.members = []
+        for settings, weights_path, framing in members:
+            if weights_path is not None and not Path(weights_path).is_file():
+                raise FileNotFoundError(f"{settings.model}: weights file {weights_path} is not on this node; run "
+                                        "`ensemble-group weights fetch` on every node or share $ENSEMBLE_GROUP_CACHE")
+            self.members.append((LazyExtractor(settings, weights_path, threads), MODELS[settings.model], framing))
 
     def __call__(self, batch: dict) -> dict:
-        ok = np.flatnonzero(np.asarray([e == "" for e in batch["error"]], bool))
-        vectors = np.zeros((len(batch["error"]), self.spec.dim), np.float32)
-        if len(ok) and self.spec.builtin:
-            vectors[ok] = self.member.embed([batch["image"][i] for i in ok])
-        elif len(ok):
-            vectors[ok] = self.member.embed_framed(np.asarray(batch["image"])[ok])
-        runtime = np.array([self.member.runtime or ""] * len(vectors), object)
-        return {"sha256": batch["sha256"], "vector": vectors, "error": batch["error"], "runtime": runtime}
+        decoded = np.asarray([e == "" for e in batch["error"]], bool)
+        out = {"sha256": batch["sha256"], "error": batch["error"]}
+        for m, (member, spec, framing) in enumerate(self.members):
+            rows = np.flatnonzero(decoded & np.asarray(batch[f"need{m}"], bool))
+            vectors = np.zeros((len(decoded), spec.dim), np.float32)
+            if len(rows) and spec.builtin:
+                vectors[rows] = member.embed([batch["photo"][i] for i in rows])
+            elif len(rows):
+                vectors[rows] = member.embed_framed(np.asarray(batch[f"frame{framing}"])[rows])
+            out[f"vector{m}"] = vectors
+            out[f"runtime{m}"] = np.array([member.runtime or ""] * len(decoded), object)
+        return out
 
 
 class VectorParts:
@@ -273,38 +292,50 @@ class RayEngine:
         if not self.sent:
             return bad
         ray = self._ray()
-        convert_ahead([ex for m, ex in extractors.items() if todo[m]], self.reporter, at_least=1)  # once, not per actor
-        for m, ex in extractors.items():
-            if todo[m]:
-                bad.update(self._member(ray, ex, todo[m], path_of, found[m], cache, keys.get(m)))
+        members = [m for m in extractors if todo[m]]
+        convert_ahead([extractors[m] for m in members], self.reporter, at_least=1)  # once, not per actor
+        bad.update(self._members(ray, [extractors[m] for m in members], [set(todo[m]) for m in members],
+                                 path_of, [found[m] for m in members], cache, [keys.get(m) for m in members]))
         return bad
 
-    def _member(self, ray, ex: LazyExtractor, todo: list[str], path_of: dict[str, Path],
-                found: dict[str, np.ndarray], cache: EmbeddingCache | None, key: str | None) -> dict[str, str]:
-        """One member's vectors for `todo`: decode tasks, then `workers` actors; parts and cache per batch."""
-        s, spec = ex.settings, MODELS[ex.settings.model]
-        batch = s.batch_size
-        ds = ray.data.from_items([{"sha256": h, "path": str(path_of[h])} for h in todo],
-                                 override_num_blocks=-(-len(todo) // batch))
-        ds = ds.map_batches(_decode_batch, fn_kwargs={"uri": self.uri, "size": 0 if spec.builtin else spec.input_size,
-                                                      "framing": s.framing},
+    def _members(self, ray, exs: list[LazyExtractor], todo: list[set[str]], path_of: dict[str, Path],
+                 found: list[dict[str, np.ndarray]], cache: EmbeddingCache | None, keys: list[str | None]
+                 ) -> dict[str, str]:
+        """Every member's vectors for its `todo` in one job: decoding tasks (each photo decoded once, framed
+        once per input size), then `workers` actors holding all the members; parts and cache per batch."""
+        framing_of = [None if MODELS[ex.settings.model].builtin else (MODELS[ex.settings.model].input_size,
+                                                                       ex.settings.framing) for ex in exs]
+        framings = list(dict.fromkeys(f for f in framing_of if f))  # members of one input size share its frames
+        hashes = [h for h in path_of if any(h in t for t in todo)]
+        batch = max(ex.settings.batch_size for ex in exs)
+        ds = ray.data.from_items([{"sha256": h, "path": str(path_of[h])} | {f"need{m}": h in t for m, t in enumerate(todo)}
+                                  for h in hashes], override_num_blocks=-(-len(hashes) // batch))
+        ds = ds.map_batches(_decode_batch, fn_kwargs={"uri": self.uri, "framings": framings,
+                                                      "photos": None in framing_of},
                             batch_size=batch, batch_format="numpy", num_cpus=TASK_CPUS)
-        actors = min(self.workers, -(-len(todo) // batch))
-        ds = ds.map_batches(_Member, fn_constructor_args=(s, ex.weights_path, 1), batch_size=batch,
-                            batch_format="numpy", num_cpus=ACTOR_CPUS, compute=ray.data.ActorPoolStrategy(size=actors))
+        actors = min(self.workers, -(-len(hashes) // batch))
+        members = [(ex.settings, ex.weights_path, framings.index(f) if f else -1) for ex, f in zip(exs, framing_of)]
+        ds = ds.map_batches(_Members, fn_constructor_args=(members, 1), batch_size=batch, batch_format="numpy",
+                            num_cpus=ACTOR_CPUS, compute=ray.data.ActorPoolStrategy(size=actors))
         bad = {}
-        with self.reporter.task(f"extracting {s.model} on Ray ({actors} actors)", len(todo)) as advance:
+        names = ", ".join(ex.settings.model for ex in exs)
+        with self.reporter.task(f"extracting {names} on Ray ({actors} actors)", len(hashes)) as advance:
             for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 sha, errors = [str(h) for h in out["sha256"]], [str(e) for e in out["error"]]
-                vectors = np.asarray(out["vector"], np.float32)
-                if s.weights_id is not None:
-                    self.parts.write(s, sha, vectors, errors)
-                new = {h: v for h, v, e in zip(sha, vectors, errors) if not e}
-                found.update(new)
                 bad.update({h: e for h, e in zip(sha, errors) if e})
-                if cache and new:
-                    cache.put_many(key, new)
-                if len(out["runtime"]):
-                    self.runtimes[s.model] = str(out["runtime"][0])
+                for m, ex in enumerate(exs):
+                    rows = [i for i, h in enumerate(sha) if h in todo[m]]
+                    if not rows:
+                        continue
+                    s, vectors = ex.settings, np.asarray(out[f"vector{m}"], np.float32)[rows]
+                    part_sha, part_errors = [sha[i] for i in rows], [errors[i] for i in rows]
+                    if s.weights_id is not None:
+                        self.parts.write(s, part_sha, vectors, part_errors)
+                    new = {h: v for h, v, e in zip(part_sha, vectors, part_errors) if not e}
+                    found[m].update(new)
+                    if cache and new:
+                        cache.put_many(keys[m], new)
+                    if out[f"runtime{m}"][rows[0]]:
+                        self.runtimes[s.model] = str(out[f"runtime{m}"][rows[0]])
                 advance(len(sha))
         return bad

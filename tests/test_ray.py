@@ -70,7 +70,7 @@ def local_vectors(weights_cache):
 def test_the_cluster_gives_the_local_vectors(local_vectors, tmp_path):
     said = Said()
     feats, _ = folder_features(SAMPLE, config("ray"), cache_file=None, vectors=tmp_path / "vectors", reporter=said)
-    assert "extracting mobilenet-v2 on Ray (2 actors)" in said.lines  # a pool, with the decoding tasks beside it
+    assert "extracting mobilenet-v2, colour-lab on Ray (2 actors)" in said.lines  # one pool for both members
     assert [im.rel for im in feats.images] == [im.rel for im in local_vectors.images]
     assert [im.sha256 for im in feats.images] == [im.sha256 for im in local_vectors.images]
     for m in MEMBERS.split(","):
@@ -98,6 +98,23 @@ def test_a_killed_job_resumes_from_its_parts_and_sends_only_the_rest(local_vecto
     assert (warm.extracted, warm.cached) == (0, 20) and not any("on Ray (" in line for line in again.lines)
     local, _ = folder_features(SAMPLE, config(), cache_file=cache)
     assert (local.extracted, local.cached) == (0, 20)
+
+
+def test_one_job_embeds_for_each_member_only_the_photos_it_lacks(local_vectors, tmp_path):
+    import pyarrow.parquet as pq
+
+    cache, vectors = tmp_path / "emb.sqlite", tmp_path / "vectors"
+    first_half = {im.sha256 for im in local_vectors.images[:10]}
+    mobilenet_only = config().replace(models=["mobilenet-v2"])
+    folder_features(SAMPLE, mobilenet_only, cache_file=cache, select=lambda im: im.sha256 in first_half)
+    said = Said()
+    feats, _ = folder_features(SAMPLE, config("ray"), cache_file=cache, vectors=vectors, reporter=said)
+    assert "extracting mobilenet-v2, colour-lab on Ray (2 actors)" in said.lines  # both members, one job
+    rows = {p.name.split("-")[0]: sum(pq.read_table(f).num_rows for f in p.glob("part-*.parquet"))
+            for p in vectors.iterdir()}
+    assert rows == {"mobilenet": 10, "colour": 20}  # the cached half is not embedded again
+    for m in MEMBERS.split(","):
+        assert cosines(feats.vectors[m], local_vectors.vectors[m]).min() >= 0.9999, m
 
 
 def test_group_on_ray_writes_the_local_groups_from_a_uri(tmp_path, weights_cache):
