@@ -144,6 +144,7 @@ def remembered_digest(path: Path, algorithm: str) -> str:
     if isinstance(entry, list) and len(entry) == 3 and entry[:2] == stamp and isinstance(entry[2], str):
         return entry[2]
     digest = file_digest(path, algorithm)
+    memo = {k: v for k, v in memo.items() if Path(k.split(":", 1)[-1]).is_file()}  # forget files gone
     memo[key] = [*stamp, digest]
     try:  # whole or not at all: two runs at once each leave a valid file
         memo_file.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from ensemble_group.weights import WeightsNotFound, resolve, verify
 @pytest.fixture
 def keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(tmp_path / "cache"))  # the weights digests' memo too
     monkeypatch.delenv("ENSEMBLE_GROUP_WEIGHTS", raising=False)
     monkeypatch.setenv("ENSEMBLE_GROUP_NO_DOWNLOAD", "1")
     return tmp_path / "keras"
@@ -102,7 +103,6 @@ def test_a_weights_digest_is_remembered_until_the_file_changes(keras_home, tmp_p
     from ensemble_group.outputs import file_digest
     from ensemble_group.weights import DIGESTS, remembered_digest
 
-    monkeypatch.setenv("ENSEMBLE_GROUP_CACHE", str(tmp_path / "cache"))
     weights = tmp_path / "w.h5"
     weights.write_bytes(b"first weights" * 1000)
     assert remembered_digest(weights, "md5") == file_digest(weights, "md5")
@@ -118,6 +118,14 @@ def test_a_weights_digest_is_remembered_until_the_file_changes(keras_home, tmp_p
     weights.write_bytes(b"other weights, longer" * 1000)
     assert remembered_digest(weights, "md5") == file_digest(weights, "md5") != "planted"
     assert remembered_digest(weights, "sha256") == file_digest(weights, "sha256")  # one entry per algorithm
+    # a file gone is forgotten the next time the memo is written
+    gone = tmp_path / "gone.h5"
+    gone.write_bytes(b"x")
+    remembered_digest(gone, "md5")
+    gone.unlink()
+    weights.write_bytes(b"third weights")
+    remembered_digest(weights, "md5")
+    assert sorted(json.loads(memo_file.read_text())) == [key, f"sha256:{weights.resolve()}"]
     # a damaged memo, or a cache that cannot be written: the digest is still right
     memo_file.write_text("{not json")
     assert remembered_digest(weights, "md5") == file_digest(weights, "md5")
