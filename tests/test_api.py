@@ -96,3 +96,12 @@ def test_a_damaged_index_folder_is_refused_with_how_to_rebuild(fitted, tmp_path)
     grouper.save(tmp_path / "again")
     with pytest.raises(IndexDamaged, match="lacks models"):  # a key the caller needs (the CLI: weights ids)
         Grouper.load(tmp_path / "again", required=("models",))
+
+
+def test_larger_folders_search_their_indexes_more():
+    from ensemble_group.grouper import ON_DISK_FROM, search_k
+
+    config = Config()
+    assert search_k(config, ON_DISK_FROM) == -1  # Annoy's own default (n_trees x k) up to 100k images
+    assert search_k(config, 4 * ON_DISK_FROM) == config.n_trees * (config.k + 1) * 4  # then in step with n
+    assert search_k(config.replace(search_k=500), 10 * ON_DISK_FROM) == 500  # a configured one is kept
