@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -234,6 +235,8 @@ class RayEngine:
 
     def _ray(self):
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # Ray Data's plans and timings: the reporter says enough
+        # a job smaller than the pool (a few photos left to extract) is fine; Ray's advice about it is noise
+        warnings.filterwarnings("ignore", message="The minimum number of concurrent actors", category=UserWarning)
         import ray
 
         if not ray.is_initialized():  # address "": $RAY_ADDRESS, else a `ray start` cluster here, else a new one
