@@ -108,6 +108,13 @@ class Constraints:
     def __bool__(self) -> bool:
         return bool(len(self.must) or len(self.cannot))
 
+    def to_json(self) -> dict[str, list]:
+        return {"must": self.must.tolist(), "cannot": self.cannot.tolist()}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, list]) -> "Constraints":
+        return cls(*(np.asarray(doc.get(k, []), np.int64).reshape(-1, 2) for k in ("must", "cannot")))
+
     def obeyed_by(self, labels: np.ndarray) -> bool:
         """Whether a grouping keeps every must-link together and every cannot-link apart."""
         return bool(np.all(labels[self.must[:, 0]] == labels[self.must[:, 1]])
@@ -139,7 +146,11 @@ def resolve(corrections: Corrections, hashes: list[str], names: list[str] | None
     must, cannot, contradictions = [], [], []
     unknown: set[str] = set()
 
-    def join(a: int, b: int) -> None:
+    def tie(a: int, b: int) -> None:
+        """Keep a must-link of rows a and b: in `must`, in the chain `links`, and their sets joined."""
+        must.append((a, b))
+        links[a].append(b)
+        links[b].append(a)
         parent[root(b)] = root(a)
 
     def kept_apart(ends: set[int]) -> tuple[int, int] | None:
@@ -181,18 +192,12 @@ def resolve(corrections: Corrections, hashes: list[str], names: list[str] | None
             return False
         for x in ra + rb:
             if root(x) != root(ra[0]):
-                links[ra[0]].append(x)
-                links[x].append(ra[0])
-                must.append((ra[0], x))
-                join(ra[0], x)
+                tie(ra[0], x)
         return True
 
     for rows in rows_of.values():  # copies of one file are one photo: together, as its corrections say
         for x in rows[1:]:
-            must.append((rows[0], x))
-            links[rows[0]].append(x)
-            links[x].append(rows[0])
-            join(rows[0], x)
+            tie(rows[0], x)
     confirmed_roots = []
     for r in reversed(corrections.rounds):
         kept["cannot_link"] += sum(link(a, b, "cannot") for a, b in r["cannot_link"])

@@ -168,7 +168,7 @@ class Grouper:
             manifest["images"] = self.names_
         manifest["group_of"] = [int(x) for x in self.labels_]
         if self.constraints_:
-            manifest["constraints"] = {"must": self.constraints_.must.tolist(), "cannot": self.constraints_.cannot.tolist()}
+            manifest["constraints"] = self.constraints_.to_json()
         fusion = self.fusion_
         if fusion.offset is not None:  # local scaling: a query's distances need the fitted rows' offsets
             manifest["local_offsets"] = [round(float(x), 6) for x in fusion.offset]
@@ -220,8 +220,7 @@ class Grouper:
                 fusion.first_stage = FusedNeighbours(lists["ids"].astype(np.int64), lists["dist"])
         grouper.names_ = manifest.get("images")
         grouper.labels_ = np.asarray(manifest["group_of"])
-        pairs = manifest.get("constraints", {})
-        grouper.constraints_ = Constraints(*(np.asarray(pairs.get(k, []), np.int64).reshape(-1, 2) for k in ("must", "cannot")))
+        grouper.constraints_ = Constraints.from_json(manifest.get("constraints", {}))
         return grouper
 
     def _fitted_neighbours(self) -> FusedNeighbours:

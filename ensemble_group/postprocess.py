@@ -76,25 +76,26 @@ def fit_transform(x: np.ndarray, *, power: float = 1.0, whiten_dim: int = 0, whi
     if not (whiten_dim and n >= max(whiten_min, 2)):
         return t, np.concatenate([t(np.asarray(x[s:s + BLOCK])) for s in range(0, n, BLOCK)]) if n else t(np.asarray(x))
     r = min(whiten_dim, d, n - 1)
+
+    def whiten(mean: np.ndarray, eig: np.ndarray, vectors: np.ndarray) -> None:
+        scale = 1.0 / np.sqrt(eig + whiten_shrink * eig.mean())
+        t.mean, t.projection = mean.astype(np.float32), (vectors * scale).astype(np.float32)
+
     if n < COVARIANCE_FROM:
         y = t(np.asarray(x[0:n]))
         mean = y.mean(axis=0)
         _, s, vt = np.linalg.svd(y - mean, full_matrices=False)
-        eig, vectors = s[:r] ** 2 / (n - 1), vt[:r].T
-    else:
-        total, gram = np.zeros(d), np.zeros((d, d))
-        for start in range(0, n, BLOCK):
-            y = t(np.asarray(x[start:start + BLOCK]))
-            total += y.sum(axis=0, dtype=np.float64)
-            gram += y.T @ y  # float32 products, summed per block in float64
-        mean = total / n
-        values, vecs = np.linalg.eigh((gram - n * np.outer(mean, mean)) / (n - 1))
-        top = np.argsort(values)[::-1][:r]
-        eig, vectors = np.maximum(values[top], 0.0), vecs[:, top]
-    scale = 1.0 / np.sqrt(eig + whiten_shrink * eig.mean())
-    t.mean, t.projection = mean.astype(np.float32), (vectors * scale).astype(np.float32)
-    if n < COVARIANCE_FROM:
+        whiten(mean, s[:r] ** 2 / (n - 1), vt[:r].T)
         return t, l2_normalise((y - t.mean) @ t.projection).astype(np.float32)
+    total, gram = np.zeros(d), np.zeros((d, d))
+    for start in range(0, n, BLOCK):
+        y = t(np.asarray(x[start:start + BLOCK]))
+        total += y.sum(axis=0, dtype=np.float64)
+        gram += y.T @ y  # float32 products, summed per block in float64
+    mean = total / n
+    values, vecs = np.linalg.eigh((gram - n * np.outer(mean, mean)) / (n - 1))
+    top = np.argsort(values)[::-1][:r]
+    whiten(mean, np.maximum(values[top], 0.0), vecs[:, top])
     out = np.empty((n, r), np.float32)
     for start in range(0, n, BLOCK):
         out[start:start + BLOCK] = t(np.asarray(x[start:start + BLOCK]))
