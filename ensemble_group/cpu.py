@@ -13,6 +13,8 @@ from pathlib import Path
 SET_IN_CONFIG = "set in the config"
 # x86: AVX-512 VNNI, AVX-VNNI (the same with 256-bit vectors), AMX; Arm: SDOT/UDOT and the int8 matrix multiply
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+# the flags that decide which kernels XNNPACK and oneDNN pick, so which engine runs a member faster
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "asimd", "sve") + INT8_FLAGS
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:
@@ -25,14 +27,28 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return flags
 
 
+def _read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def signature(cpuinfo: str | None = None) -> str:
+    """This machine's CPU in one line: model name, core count and the vector flags kernels choose by.
+    A speed measured on one machine (`race`) is only reused on a machine with the same signature."""
+    import os
+
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    model = next((line.partition(":")[2].strip() for line in text.splitlines()
+                  if line.partition(":")[0].strip() in ("model name", "CPU part")), "unknown CPU")
+    have = cpu_flags(text)
+    return f"{model} | {os.cpu_count() or 1} cores | {' '.join(f for f in KERNEL_FLAGS if f in have)}"
+
+
 def int8_instructions(cpuinfo: str | None = None) -> list[str]:
     """The int8 dot-product flags this CPU has (of `INT8_FLAGS`); [] where /proc/cpuinfo cannot be read."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return []
-    have = cpu_flags(cpuinfo)
+    have = cpu_flags(_read_cpuinfo() if cpuinfo is None else cpuinfo)
     return [f for f in INT8_FLAGS if f in have]
 
 

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ensemble_group import race
 from ensemble_group.cache import CacheError, EmbeddingCache, model_key
 from ensemble_group.colour import ColourMember
 from ensemble_group.config import Config
@@ -25,6 +26,7 @@ from ensemble_group.cpu import choose_precision
 from ensemble_group.extractors import MODELS, Extractor
 from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many, frame_batch
 from ensemble_group.quantise import Calibration, calibration_photos, tensorflow_version
+from ensemble_group.race import Race
 from ensemble_group.reporter import Reporter
 from ensemble_group.weights import WeightsNotFound, WeightsRef, resolve
 
@@ -152,7 +154,15 @@ def _extract_here(missing: list[str], path_of: dict[str, Path], extractors: dict
     """`extract`'s misses in this process, chunk by chunk: fills `found` and the cache; {hash: reason} of
     the undecodable files."""
     bad: dict[str, str] = {}
-    convert_ahead([ex for m, ex in extractors.items() if any(h not in found[m] for h in missing)], reporter)
+    for m, ex in extractors.items():
+        ex.images = sum(h not in found[m] for h in missing)
+    convert_ahead([ex for ex in extractors.values() if ex.images], reporter)
+    for m, ex in extractors.items():
+        if (ex.images or 0) >= race.AFTER and ex.needs_race():
+            with reporter.task(f"timing {m} on TFLite and on TensorFlow (once per machine)", 1):
+                timed = ex.race()
+            if timed:
+                reporter.log(timed.describe(m))
     largest = max((ex.settings.batch_size for ex in extractors.values()), default=1)
     batch = even_batch(len(missing), largest)
     chunk_size = batch * max(1, CHUNK // largest)  # whole batches: only the run's last batch is padded
@@ -198,6 +208,8 @@ class LazyExtractor:
     def __init__(self, settings: ExtractionSettings, weights_path: Path | None, threads: int | None = None) -> None:
         self.settings, self.weights_path, self.threads = settings, weights_path, threads
         self._extractor: Extractor | ColourMember | None = None
+        self.images: int | None = None  # how many images this run embeds with it (set by `extract`); None: unknown
+        self._race: Race | None = None  # this machine's race of its two engines, once read or measured
 
     @property
     def lite_file(self) -> Path | None:
@@ -230,12 +242,57 @@ class LazyExtractor:
         if self._extractor is None and MODELS[self.settings.model].builtin:
             self._extractor = ColourMember()
         elif self._extractor is None:
-            s = self.settings
-            self._extractor = Extractor(MODELS[s.model], self.weights_path, batch_size=s.batch_size,
-                                        framing=s.framing, winograd=s.winograd, pooling=s.pooling, flip=s.flip,
-                                        lite=s.lite, lite_file=self.lite_file,
-                                        calibration=s.int8.photos if s.int8 else None, threads=self.threads)
+            self._extractor = self._build(tensorflow=self._tensorflow_faster())
         return self._extractor
+
+    def _build(self, *, tensorflow: bool = False) -> Extractor:
+        """The member as the settings say, or on TensorFlow's own kernels (oneDNN's direct convolutions:
+        no Winograd, no XLA, no TFLite) where this machine's race found that faster."""
+        s = self.settings
+        return Extractor(MODELS[s.model], self.weights_path, batch_size=s.batch_size, framing=s.framing,
+                         winograd=s.winograd and not tensorflow, pooling=s.pooling, flip=s.flip,
+                         lite=s.lite and not tensorflow, lite_file=None if tensorflow else self.lite_file,
+                         calibration=s.int8.photos if s.int8 else None, threads=self.threads)
+
+    def _both_engines(self) -> bool:
+        """Whether TFLite and TensorFlow can both run it: float32, TFLite on, its file cached or to convert."""
+        return not self.settings.int8 and self.lite_status() in ("cached", "convert")
+
+    def _remembered(self) -> Race | None:
+        if self._race is None:
+            self._race = race.remembered(self.lite_file, self._lite_threads())
+        return self._race
+
+    def _tensorflow_faster(self) -> bool:
+        """Whether this machine's remembered race found TensorFlow faster for a run of `images` images
+        (a run of fewer than `race.AFTER`, or of an unknown size, keeps TFLite)."""
+        if (self.images or 0) < race.AFTER or not self._both_engines():
+            return False
+        found = self._remembered()
+        return found is not None and found.faster(self.images) == "tensorflow"
+
+    def needs_race(self) -> bool:
+        """Whether both engines can run this member and they were never timed against each other here."""
+        return self._both_engines() and self._remembered() is None
+
+    def race(self) -> Race | None:
+        """Time TFLite against TensorFlow on this machine now (converting the member first if need be) and
+        remember it; the winner for `images` images stays loaded. None where only one engine can run it."""
+        if not self._both_engines():
+            return None
+        if self.needs_conversion():  # converts and caches the flatbuffer, or records that TFLite cannot run it
+            self._build().embed_framed(np.zeros((1, *[MODELS[self.settings.model].input_size] * 2, 3), np.float32),
+                                       batch_size=1)
+            if self.lite_status() != "cached":
+                return None
+        self._race, loaded = race.run({"tflite": self._build, "tensorflow": lambda: self._build(tensorflow=True)},
+                                      MODELS[self.settings.model].input_size, self._lite_threads())
+        race.remember(self.lite_file, self._race)
+        self._extractor = loaded[self._race.faster(self.images or 10**9)]
+        return self._race
+
+    def _lite_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
 
     @property
     def runtime(self) -> str | None:

@@ -163,6 +163,11 @@ def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str
     than in the first `group` on this machine: model -> what will run it, and from which file."""
     extractors = load_extractors(config, resolve_weights(config, reporter))
     converted = convert_ahead(list(extractors.values()), reporter, at_least=1)
+    raced = {}
+    for m, ex in extractors.items():
+        if ex.needs_race():  # float32 members: which engine runs them faster here, timed once per machine
+            with reporter.task(f"timing {m} on TFLite and on TensorFlow (once per machine)", 1):
+                raced[m] = ex.race()
     says = {"off": "TensorFlow: lite = false in the config", "unavailable": "TensorFlow: this TensorFlow has no TFLite",
             "uncached": "TFLite, converted on first use (weights with no id: not cached)",
             "convert": "TFLite, converted on first use",  # left: a helper failed (it warned)
@@ -172,6 +177,8 @@ def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str
         status, tflite = ex.lite_status(), "TFLite int8" if ex.settings.int8 else "TFLite"
         if status == "cached":
             state[m] = f"{tflite}, {'converted now' if m in converted else 'already converted'}: {ex.lite_file}"
+            if raced.get(m):
+                state[m] += f"; {raced[m].describe(m).partition(': ')[2]}"
         elif status == "failed" and ex.settings.int8:
             state[m] = f"nothing: TFLite cannot run its int8 model; use precision float32 ({lite.failure_file(ex.lite_file)})"
         elif status == "failed":

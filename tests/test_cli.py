@@ -274,9 +274,13 @@ def test_prepare_converts_the_members_once_and_group_then_converts_nothing(tmp_p
     result = invoke("prepare", *members)
     assert result.exit_code == 0, result.output
     assert result.output.count(", converted now") == 2  # "TFLite" or, where "auto" picks int8, "TFLite int8"
+    float32 = 1 + (choose_precision("auto", True)[0] == "float32")  # mobilenet-v2 stays float32 everywhere
+    assert result.output.count("(raced once, remembered)") == float32  # which engine runs it faster here
+    assert "mobilenet-v2: TFLite, converted now: " in result.output
     files = {p: p.stat().st_mtime_ns for p in (cache / "tflite").iterdir()}
-    assert len(files) == 2
-    assert invoke("prepare", *members).output.count(", already converted") == 2
+    assert len(files) == 2 + float32 and len(list((cache / "tflite").glob("*.race-*.json"))) == float32
+    again = invoke("prepare", *members).output
+    assert again.count(", already converted") == 2 and "raced" not in again
     result = invoke("group", SAMPLE, *members, "--out", tmp_path / "o", "--no-cache")
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in (cache / "tflite").iterdir()} == files
