@@ -27,6 +27,17 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return flags
 
 
+def cores() -> int:
+    """The cores this process may run on: its CPU affinity (`taskset`, a container's cpuset), which can be
+    fewer than the machine's; every thread pool of the engine is sized by it."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this system (macOS)
+        return os.cpu_count() or 1
+
+
 def _read_cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text(errors="replace")
@@ -37,13 +48,11 @@ def _read_cpuinfo() -> str:
 def signature(cpuinfo: str | None = None) -> str:
     """This machine's CPU in one line: model name, core count and the vector flags kernels choose by.
     A speed measured on one machine (`race`) is only reused on a machine with the same signature."""
-    import os
-
     text = _read_cpuinfo() if cpuinfo is None else cpuinfo
     model = next((line.partition(":")[2].strip() for line in text.splitlines()
                   if line.partition(":")[0].strip() in ("model name", "CPU part")), "unknown CPU")
     have = cpu_flags(text)
-    return f"{model} | {os.cpu_count() or 1} cores | {' '.join(f for f in KERNEL_FLAGS if f in have)}"
+    return f"{model} | {cores()} cores | {' '.join(f for f in KERNEL_FLAGS if f in have)}"
 
 
 def int8_instructions(cpuinfo: str | None = None) -> list[str]:

@@ -9,7 +9,6 @@ chunk, so a killed run resumes where it stopped. Byte-identical files are extrac
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from ensemble_group import race
 from ensemble_group.cache import CacheError, EmbeddingCache, model_key
 from ensemble_group.colour import ColourMember
 from ensemble_group.config import Config
-from ensemble_group.cpu import choose_precision
+from ensemble_group.cpu import choose_precision, cores
 from ensemble_group.extractors import MODELS, Extractor
 from ensemble_group.images import ImageError, ImageFile, Skipped, decode_many, frame_batch
 from ensemble_group.quantise import Calibration, calibration_photos, tensorflow_version
@@ -292,7 +291,7 @@ class LazyExtractor:
         return self._race
 
     def _lite_threads(self) -> int:
-        return self.threads or os.cpu_count() or 1
+        return self.threads or cores()
 
     @property
     def runtime(self) -> str | None:
@@ -323,13 +322,13 @@ def convert_ahead(extractors: list[LazyExtractor], reporter, *, at_least: int = 
         return []
     done = []
     with reporter.task(f"converting {len(todo)} models for TFLite (once per machine)", len(todo)) as advance:
-        if len(todo) == 1 or (os.cpu_count() or 1) < 2:  # no parallelism to gain: no helper's start-up to pay
+        if len(todo) == 1 or cores() < 2:  # no parallelism to gain: no helper's start-up to pay
             for ex in todo:
                 _run_once(ex)
                 done.append(ex.settings.model)
                 advance(1)
             return done
-        with ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(min(len(todo), cores())) as pool:
             futures = {pool.submit(_run_in_helper, ex): ex.settings.model for ex in todo}
             for future in as_completed(futures):
                 failure = future.result()

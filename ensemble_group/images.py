@@ -24,6 +24,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
+from ensemble_group.cpu import cores
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Only these decoders are tried (JPEG covers MPO): Pillow's permissive ones (TGA, PCX, ...) would
@@ -297,12 +299,13 @@ def _try(fn, path: Path):
         return e
 
 
-def hash_folder(folder: Path, *, max_workers: int = 2) -> tuple[list[ImageFile], list[Skipped]]:
+def hash_folder(folder: Path, *, max_workers: int | None = None) -> tuple[list[ImageFile], list[Skipped]]:
     """Scan `folder` and hash every candidate file (no decoding): images sorted by rel, and the
-    files skipped so far.  Hashing first lets the embedding cache skip decoding entirely."""
+    files skipped so far.  Hashing first lets the embedding cache skip decoding entirely.
+    `max_workers`: threads (default: the cores this process may use, `cpu.cores`)."""
     paths, skipped = scan(folder)
     root = Path(os.path.abspath(folder))
-    with ThreadPoolExecutor(max(1, max_workers)) as pool:
+    with ThreadPoolExecutor(max(1, max_workers or cores())) as pool:
         inspected = list(pool.map(_try, [_inspect] * len(paths), paths))
     images = []
     for path, found in zip(paths, inspected):
@@ -315,13 +318,14 @@ def hash_folder(folder: Path, *, max_workers: int = 2) -> tuple[list[ImageFile],
     return images, skipped
 
 
-def decode_many(paths: list[Path], *, max_workers: int = 2) -> list[np.ndarray | ImageError]:
-    """Decode files in a thread pool (Pillow releases the GIL): one array or ImageError each, in order."""
-    with _bombs_are_errors(), ThreadPoolExecutor(max(1, max_workers)) as pool:
+def decode_many(paths: list[Path], *, max_workers: int | None = None) -> list[np.ndarray | ImageError]:
+    """Decode files in a thread pool (Pillow releases the GIL; default: one thread per core this
+    process may use): one array or ImageError each, in order."""
+    with _bombs_are_errors(), ThreadPoolExecutor(max(1, max_workers or cores())) as pool:
         return list(pool.map(_try, [_read_decode] * len(paths), paths))
 
 
-def decode_folder(folder: Path, *, max_workers: int = 2
+def decode_folder(folder: Path, *, max_workers: int | None = None
                   ) -> tuple[list[ImageFile], list[np.ndarray], list[Skipped]]:
     """Scan, hash and decode `folder`: (images, arrays, skipped), images sorted by rel and
     arrays[i] the (H, W, 3) uint8 pixels of images[i].  Byte-identical files (same sha256)

@@ -8,13 +8,14 @@ Annoy's angular distance is sqrt(2 - 2 cos), in [0, 2], which is also what `angu
 
 from __future__ import annotations
 
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
+
+from ensemble_group.cpu import cores
 
 
 class ModelIndex:
@@ -91,7 +92,7 @@ class ModelIndex:
                 ids = self.neighbours(i, k)
                 out[i, :len(ids)] = ids
 
-        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(workers or cores()) as pool:
             list(pool.map(fill, range(0, self.size, chunk)))
         return out
 

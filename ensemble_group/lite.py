@@ -14,7 +14,6 @@ Keras model or tracing it.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ensemble_group import quiet_tf
+from ensemble_group.cpu import cores
 from ensemble_group.outputs import atomic_write
 
 SLICE = 4  # images per invoke: as fast as 32 on two cores (measured), with an activation arena 8x smaller
@@ -78,7 +78,7 @@ class LiteForward:
                  threads: int | None = None) -> None:
         if make is None and (path is None or not Path(path).is_file()):
             raise ValueError("LiteForward needs a flatbuffer file or a way to make one")
-        self._make, self.path, self.threads = make, path, threads or os.cpu_count() or 1
+        self._make, self.path, self.threads = make, path, threads or cores()
         self._interpreter, self._unsaved = None, None
         self._shape: tuple[int, ...] | None = None
         if make is None:

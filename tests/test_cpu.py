@@ -43,3 +43,21 @@ def test_auto_is_the_default_and_takes_a_calibration_folder():
     assert Config(precision="auto", lite=False).lite is False  # auto on TensorFlow: float32, no error
     with pytest.raises(ConfigError, match='calibration is the int8 calibration folder: it needs precision = "int8" or "auto"'):
         Config(precision="float32", calibration="photos")
+
+
+def test_cores_are_the_ones_this_process_may_run_on_not_the_machines():
+    """Under `taskset -c 0` (or a container's cpuset) every pool is sized for one core, not for all."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this system")
+    from ensemble_group import cpu
+
+    assert cpu.cores() == len(os.sched_getaffinity(0))
+    one = sorted(os.sched_getaffinity(0))[0]
+    code = (f"import os; os.sched_setaffinity(0, {{{one}}}); from ensemble_group import cpu; "
+            "print(cpu.cores(), cpu.signature().split(' | ')[1])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "1", "cores"]
