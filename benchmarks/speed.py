@@ -151,7 +151,8 @@ def measure(kind: str, config_path: str, models: list[str], n: int, random_weigh
         with tempfile.TemporaryDirectory() as tmp:
             for f in files:
                 shutil.copy(f, Path(tmp) / f.name)
-            out["stages_s"] = group_folder(tmp, config, weights=weights, cache_file=None).timings
+            done = group_folder(tmp, config, weights=weights, cache_file=None)
+            out["stages_s"], out["runtimes"] = done.timings, done.runtimes  # which engine ran each member
     elif kind == "plain":
         plain(models, files, weights)
     else:
@@ -210,7 +211,7 @@ def one_arm(args, models: list[str]) -> dict:
             "end_to_end_vs_plain": round(p / e2e, 2), "first_run_s": round(first, 2),
             "first_run_vs_plain": round(p / first, 2), "end_to_end_vs_raw_predict": round(raw["raw_predict_s"] / e2e, 2),
             "min_cosine_vs_predict_64_images": raw["min_cosine_vs_predict_64_images"],
-            "stages_s": inside["stages_s"], "peak_rss_mb": inside["peak_rss_mb"],
+            "stages_s": inside["stages_s"], "runtimes": inside["runtimes"], "peak_rss_mb": inside["peak_rss_mb"],
             "plain_peak_rss_mb": plain_out["peak_rss_mb"], "first_run_peak_rss_mb": first_out["peak_rss_mb"],
             "first_run_helpers_peak_rss_mb": first_out["helpers_peak_rss_mb"]}
 
