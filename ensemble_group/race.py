@@ -25,7 +25,7 @@ from ensemble_group.outputs import atomic_write
 
 ENGINES = ("tflite", "tensorflow")  # on a tie, the first: it starts in a tenth of a second
 SAMPLE = 8  # images each engine embeds per turn: two of TFLite's slices
-ROUNDS = 3  # turns each; the best is kept, so a noisy machine slows both alike
+ROUNDS = 2  # turns each, after a first one that loads it; the best is kept, so noise slows both alike
 AFTER = 64  # a run embedding fewer images keeps TFLite and times nothing: the race costs more than it can win
 
 
