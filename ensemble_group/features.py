@@ -156,12 +156,8 @@ def _extract_here(missing: list[str], path_of: dict[str, Path], extractors: dict
     for m, ex in extractors.items():
         ex.images = sum(h not in found[m] for h in missing)
     convert_ahead([ex for ex in extractors.values() if ex.images], reporter)
-    for m, ex in extractors.items():
-        if (ex.images or 0) >= race.AFTER and ex.needs_race():
-            with reporter.task(f"timing {m} on TFLite and on TensorFlow (once per machine)", 1):
-                timed = ex.race()
-            if timed:
-                reporter.log(timed.describe(m))
+    for m, timed in race_ahead(extractors, reporter, images=race.AFTER).items():
+        reporter.log(timed.describe(m))
     largest = max((ex.settings.batch_size for ex in extractors.values()), default=1)
     batch = even_batch(len(missing), largest)
     chunk_size = batch * max(1, CHUNK // largest)  # whole batches: only the run's last batch is padded
@@ -339,6 +335,19 @@ def convert_ahead(extractors: list[LazyExtractor], reporter, *, at_least: int = 
                                  "it converts in this process instead")
                 advance(1)
     return done
+
+
+def race_ahead(extractors: dict[str, LazyExtractor], reporter, *, images: int = 0) -> dict[str, Race]:
+    """Race TFLite against TensorFlow now for each member never raced on this machine (of those that
+    embed at least `images` images in this run): model -> its race (`LazyExtractor.race`)."""
+    raced = {}
+    for m, ex in extractors.items():
+        if (ex.images or 0) >= images and ex.needs_race():
+            with reporter.task(f"timing {m} on TFLite and on TensorFlow (once per machine)", 1):
+                found = ex.race()
+            if found:
+                raced[m] = found
+    return raced
 
 
 def _run_in_helper(member: LazyExtractor) -> str | None:

@@ -28,7 +28,7 @@ from ensemble_group.cpu import choose_precision
 from ensemble_group.distributed import RayEngine, is_uri
 from ensemble_group.extractors import MODELS
 from ensemble_group.features import (Features, convert_ahead, embed_photo, extract, load_extractors, open_cache,
-                                     resolve_weights)
+                                     race_ahead, resolve_weights)
 from ensemble_group.fusion import FusedNeighbours, Fusion
 from ensemble_group.group_ids import carry_ids
 from ensemble_group.grouper import Grouper
@@ -163,11 +163,7 @@ def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str
     than in the first `group` on this machine: model -> what will run it, and from which file."""
     extractors = load_extractors(config, resolve_weights(config, reporter))
     converted = convert_ahead(list(extractors.values()), reporter, at_least=1)
-    raced = {}
-    for m, ex in extractors.items():
-        if ex.needs_race():  # float32 members: which engine runs them faster here, timed once per machine
-            with reporter.task(f"timing {m} on TFLite and on TensorFlow (once per machine)", 1):
-                raced[m] = ex.race()
+    raced = race_ahead(extractors, reporter)  # float32 members: which engine runs them faster here
     says = {"off": "TensorFlow: lite = false in the config", "unavailable": "TensorFlow: this TensorFlow has no TFLite",
             "uncached": "TFLite, converted on first use (weights with no id: not cached)",
             "convert": "TFLite, converted on first use",  # left: a helper failed (it warned)
