@@ -293,7 +293,8 @@ def prepare(
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Use RANDOM weights for members with none (smoke tests and speed benchmarks only).")] = False,
     quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = True,
 ) -> None:
-    """Get a config's members ready: find (or fetch) their weights and convert them for TFLite.
+    """Get a config's members ready: find (or fetch) their weights, convert them for TFLite, and time each
+    float32 member on TFLite against TensorFlow (the faster runs large folders on this machine).
 
     The first [bold]group[/] on a machine does this itself, which makes it slower than every later one
     (about half a minute for the default trio); run [bold]prepare[/] once instead, after installing
