@@ -8,6 +8,7 @@ VNNI the whole offline run 2.5x faster; on an AVX2-only CPU they were slower (be
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 SET_IN_CONFIG = "set in the config"
@@ -38,7 +39,9 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+@lru_cache(maxsize=1)
 def _read_cpuinfo() -> str:
+    """/proc/cpuinfo once per process ("" where there is none): it is large on big machines and never changes."""
     try:
         return Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:

@@ -157,7 +157,7 @@ def _extract_here(missing: list[str], path_of: dict[str, Path], extractors: dict
         ex.images = sum(h not in found[m] for h in missing)
     convert_ahead([ex for ex in extractors.values() if ex.images], reporter)
     for m, timed in race_ahead(extractors, reporter, images=race.AFTER).items():
-        reporter.log(timed.describe(m))
+        reporter.log(f"{m}: {timed.describe()}")
     largest = max((ex.settings.batch_size for ex in extractors.values()), default=1)
     batch = even_batch(len(missing), largest)
     chunk_size = batch * max(1, CHUNK // largest)  # whole batches: only the run's last batch is padded
@@ -276,8 +276,7 @@ class LazyExtractor:
         if not self._both_engines():
             return None
         if self.needs_conversion():  # converts and caches the flatbuffer, or records that TFLite cannot run it
-            self._build().embed_framed(np.zeros((1, *[MODELS[self.settings.model].input_size] * 2, 3), np.float32),
-                                       batch_size=1)
+            _run_once(self)
             if self.lite_status() != "cached":
                 return None
         self._race, loaded = race.run({"tflite": self._build, "tensorflow": lambda: self._build(tensorflow=True)},

@@ -174,7 +174,7 @@ def prepare_members(config: Config, reporter: Reporter = Reporter()) -> dict[str
         if status == "cached":
             state[m] = f"{tflite}, {'converted now' if m in converted else 'already converted'}: {ex.lite_file}"
             if raced.get(m):
-                state[m] += f"; {raced[m].describe(m).partition(': ')[2]}"
+                state[m] += f"; {raced[m].describe()}"
         elif status == "failed" and ex.settings.int8:
             state[m] = f"nothing: TFLite cannot run its int8 model; use precision float32 ({lite.failure_file(ex.lite_file)})"
         elif status == "failed":

@@ -50,10 +50,10 @@ class Race:
             return None
         return max(AFTER, int((self.start["tensorflow"] - self.start["tflite"]) / gain) + 1)
 
-    def describe(self, model: str) -> str:
-        """One line for the log: the two speeds and which runs the member, for how many images."""
+    def describe(self) -> str:
+        """What the race found, for the log and `prepare`: the two speeds and which runs the member."""
         speed = {e: 1 / self.per_image[e] for e in ENGINES}
-        line = (f"{model}: TensorFlow {speed['tensorflow']:.1f} images/s, TFLite {speed['tflite']:.1f} on this CPU "
+        line = (f"TensorFlow {speed['tensorflow']:.1f} images/s, TFLite {speed['tflite']:.1f} on this CPU "
                 f"(raced once, remembered): ")
         start = self.tensorflow_from()
         return line + (f"TensorFlow runs it for {start} images or more" if start else "TFLite runs it")
