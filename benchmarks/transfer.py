@@ -71,15 +71,17 @@ def modularity_rule(fusion, neigh, config, grid) -> float:
 
 
 def scaled(share: float, cap: bool = True):
-    """min(-2, share x the median nearest-neighbour distance) (the engine's "auto" is share 0.2), or uncapped."""
+    """min(-2, share x the median nearest-neighbour distance) (the engine's "auto" was share 0.2 until stop 33;
+    it now reads the share off the falloff of the neighbours' distances: autocut.py), or uncapped."""
     def rule(fusion, neigh, config, grid) -> float:
         c = share * float(np.median(neigh.dist[:, 0])) if neigh.dist.shape[1] else -2.0
         return min(-2.0, c) if cap else c
     return rule
 
 
-RULES = {"fixed -2": lambda fusion, neigh, config, grid: -2.0, "min(-2, 0.3 x nearest)": scaled(0.3),
-         "0.4 x nearest": scaled(0.4, cap=False), "look-alike quantile": lookalike_rule, "modularity": modularity_rule}
+RULES = {"fixed -2": lambda fusion, neigh, config, grid: -2.0, "min(-2, 0.2 x nearest) (stops 25-33)": scaled(0.2),
+         "min(-2, 0.3 x nearest)": scaled(0.3), "0.4 x nearest": scaled(0.4, cap=False),
+         "look-alike quantile": lookalike_rule, "modularity": modularity_rule}
 
 
 def draw(true: np.ndarray, products: int, photos: tuple[int, int], seed: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_group.autocut import AUTO_SCALE, BASE, auto_cutoff, resolve_cutoff
+from ensemble_group.autocut import BASE, MIN_SHARE, SHARE_AT_NO_FALLOFF, auto_cutoff, resolve_cutoff
 from ensemble_group.config import Config
 from ensemble_group.evaluation.metrics import pairwise_prf
 from ensemble_group.fusion import FusedNeighbours
@@ -68,7 +68,9 @@ def test_fifty_copies_of_one_photo_and_fifty_others():
     copies = {f"{i:04d}.jpg" for i in range(50)}
     assert any(copies <= set(g["images"]) for g in doc["groups"])  # the copies in one group
     # half the folder at distance 0: the median nearest neighbour is a copy, so the cut is strict
-    assert doc["cutoff"]["value"] == pytest.approx(min(BASE, AUTO_SCALE * doc["cutoff"]["nearest_median"]), abs=1e-3)
+    cut = doc["cutoff"]
+    assert MIN_SHARE <= cut["scale"] <= SHARE_AT_NO_FALLOFF
+    assert cut["value"] == pytest.approx(min(BASE, cut["scale"] * cut["nearest_median"]), abs=1e-3)
 
 
 def test_two_products_that_differ_only_slightly_stay_two():
@@ -85,12 +87,29 @@ def test_two_products_that_differ_only_slightly_stay_two():
 
 def test_auto_reads_the_nearest_neighbours_and_is_never_above_the_base():
     ids = np.array([[1, 2], [0, 2], [1, 0]])
+    # the farthest listed (2nd) at -3, -5, -9: falloff 5 / 20 = 0.25, share 0.6 - 0.25
     far = FusedNeighbours(ids, np.array([[-20.0, -3.0], [-20.0, -5.0], [-15.0, -9.0]]))
-    assert auto_cutoff(far) == (AUTO_SCALE * -20.0, {"rule": "auto", "nearest_median": -20.0, "scale": AUTO_SCALE})
+    cut, how = auto_cutoff(far)
+    assert cut == pytest.approx(0.35 * -20.0)
+    assert how == {"rule": "auto", "nearest_median": -20.0, "falloff": 0.25, "scale": 0.35}
     near = FusedNeighbours(ids, np.array([[-4.0, -3.0], [-4.0, -1.0], [-3.0, -1.0]]))
-    assert auto_cutoff(near)[0] == BASE  # 0.2 x -4 would be more lenient than -2
+    assert auto_cutoff(near)[0] == BASE  # 0.35 x -4 would be more lenient than -2
     assert auto_cutoff(FusedNeighbours(np.zeros((1, 0), int), np.zeros((1, 0))))[0] == BASE  # one photo
     assert resolve_cutoff(-3.5, far) == (-3.5, {"rule": "fixed"})
+
+
+def test_the_share_follows_how_fast_the_neighbours_fall_away():
+    n, ids = 8, np.tile(np.arange(1, 6), (8, 1))
+    def cut(first, fifth):
+        return auto_cutoff(FusedNeighbours(ids, np.tile(np.linspace(first, fifth, 5), (n, 1))))
+
+    bursts, shop, unrelated = cut(-20.0, -18.0), cut(-20.0, -4.0), cut(-20.0, 1.0)
+    assert bursts[1]["scale"] == MIN_SHARE and bursts[0] == pytest.approx(MIN_SHARE * -20.0)  # many photos each
+    assert shop[1]["falloff"] == 0.2 and shop[0] == pytest.approx(0.4 * -20.0)  # the 5th nearest a look-alike
+    assert unrelated[1]["scale"] == SHARE_AT_NO_FALLOFF  # the 5th nearest as far as an unrelated pair
+    assert unrelated[0] < shop[0] < bursts[0] < BASE  # fewer photos per product: stricter
+    padded = np.tile([-20.0, -19.0, np.inf, np.inf, np.inf], (n, 1))  # no 5th listed: the share before the falloff
+    assert auto_cutoff(FusedNeighbours(ids, padded))[1]["scale"] == MIN_SHARE
 
 
 def test_a_stricter_auto_cut_keeps_more_apart():

@@ -43,8 +43,11 @@ def test_group_writes_the_contract_and_everything_to_reproduce_the_run(sample_ru
     assert doc["models"][3]["weights_id"] == "builtin:lab-4x8x8-v1"  # the colour member: no weights, a version
     assert doc["config"]["k"] >= 1 and doc["config"]["cutoff"] == "auto"
     assert doc["group_ids"] == {"previous": None} and [g["id"] for g in doc["groups"]] == list(range(6))  # fresh ids
-    # where "auto" cut, and from what: 0.2 x the median nearest distance is above -2 here, so -2
-    assert doc["cutoff"]["rule"] == "auto" and doc["cutoff"]["value"] == -2.0 and doc["cutoff"]["nearest_median"] < 0
+    # where "auto" cut, and from what: 3-4 photos a product, so the 5th nearest is far behind the nearest
+    # (falloff under 0.2) and the cut takes more than 0.4 of the nearest distance: stricter than -2
+    cut = doc["cutoff"]
+    assert cut["rule"] == "auto" and cut["nearest_median"] < 0 and cut["falloff"] < 0.2 and cut["scale"] > 0.4
+    assert cut["value"] == pytest.approx(cut["scale"] * cut["nearest_median"], abs=1e-3) and cut["value"] < -2.0
     # how sure each group is: the cutoff's distance to the merge it accepted or refused (report: check these first)
     assert all(isinstance(g["confidence"], float) and g["confidence"] > 0 for g in doc["groups"] if g["size"] > 1)
     assert "keras" in doc["versions"] and ("tensorflow-cpu" in doc["versions"] or "tensorflow" in doc["versions"])
