@@ -224,7 +224,7 @@ def group(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write groups.json, groups.csv, run.json and index/.")] = Path("out"),
     config: ConfigOpt = None,
     models: ModelsOpt = None,
-    cutoff: Annotated[Optional[str], typer.Option(help="Fused-distance cutoff: 'auto' (the configs' default: -2, or stricter where the folder's photos all sit close to their nearest neighbours) or a number such as -3 (lower = stricter). `evaluate --oracle` shows the best one for a labelled folder.")] = None,
+    cutoff: Annotated[Optional[str], typer.Option(help="Fused-distance cutoff: 'auto' (the configs' default: -2, or stricter where the folder's photos sit close to their nearest neighbours, the more so where a product seems to have few photos) or a number such as -3 (lower = stricter). `evaluate --oracle` shows the best one for a labelled folder.")] = None,
     k: Annotated[Optional[int], typer.Option(help="Neighbours per model per image considered for grouping.")] = None,
     mode: Annotated[Optional[str], typer.Option(help="Grouping mode: graph (default: average linkage over the neighbour graph), average, components, mutual, or seed (the original greedy rule).")] = None,
     precision: PrecisionOpt = None,
