@@ -179,7 +179,16 @@ def test_a_fixed_cutoff_is_used_as_given_and_recorded(sample_run, tmp_path):
     doc = json.loads((tmp_path / "out" / "groups.json").read_text())
     assert doc["cutoff"] == {"value": -3.0, "rule": "fixed"} and doc["config"]["cutoff"] == -3.0
     auto = json.loads((sample_run / "out" / "groups.json").read_text())
-    assert [g["images"] for g in doc["groups"]] == [g["images"] for g in auto["groups"]]  # -2 and -3: the same six
+    assert [g["images"] for g in doc["groups"]] == [g["images"] for g in auto["groups"]]  # auto's -5.1 and -3: the same six
+
+
+def test_the_summary_line_says_what_auto_read_off_the_folder(sample_run, tmp_path):
+    result = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp_path / "out", "--cache-file",
+                    sample_run / "emb.sqlite", "--quiet")
+    cut = json.loads((tmp_path / "out" / "groups.json").read_text())["cutoff"]
+    said = (f"cut at {cut['value']:.2f} (auto: {cut['scale']:.2f} x the median nearest distance "
+            f"{cut['nearest_median']:.2f}, falloff {cut['falloff']:.2f}, never above -2)")
+    assert result.exit_code == 0 and said in result.output
     bad = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp_path / "o2", "--cutoff", "strict")
     assert bad.exit_code == 2 and "--cutoff must be a number such as -3 or 'auto'" in bad.output
 
