@@ -9,14 +9,15 @@ hold more look-alikes too, and want a stricter cut for the same reason. The dist
 to its nearest neighbour measures that scale: "auto" cuts at a share of its median over the folder,
 and never above -2 (precision first: it is only ever stricter than the fixed default).
 
-The share follows how fast a photo's neighbours fall away, the folder's `falloff`: the median
-distance to the 5th nearest over the median to the nearest. Where products have many photos, the
-5th nearest is still the same product, about as near as the first (falloff near 1), and the cut can
-sit close to the nearest distance's scale without splitting them (share 0.2). Where products have
-two or three photos each (a shop's catalogue), the 5th nearest is already a look-alike, far behind
-the first (falloff near 0.3), and look-alikes are what the cut must keep out: the share rises to
-0.6 - falloff, so a shop's cut is stricter. It never goes below 0.2 (the rule before it, for folders
-of bursts of near-identical photos) nor above 0.6.
+The share follows how fast a photo's neighbours fall away, the folder's `falloff`: the median fused
+distance to the 5th nearest over the median to the nearest. Where products have many photos, the 5th
+nearest is still the same product and keeps half or more of the nearest's distance (falloff 0.45-0.6
+on grocery's folders): the cut can sit close to the nearest distance's scale without splitting them
+(share 0.2). Where products have two to four photos each (a shop's catalogue), the 5th nearest is
+already a look-alike, far behind the first (falloff 0.1-0.38 on the shops), and look-alikes are what
+the cut must keep out: the share rises to 0.6 - falloff, so a shop's cut is stricter. It never goes
+below 0.2 (the rule before it, and what folders of bursts of near-identical photos need) nor above
+0.6.
 
 The constants (0.6, 0.2, the 5th nearest) were chosen by exact regrouping on grocery (240 to 5,502
 photos, its coarse classes, drawn small folders), the sample and half of the shops (by shop); the

@@ -100,6 +100,7 @@ def test_auto_reads_the_nearest_neighbours_and_is_never_above_the_base():
 
 def test_the_share_follows_how_fast_the_neighbours_fall_away():
     n, ids = 8, np.tile(np.arange(1, 6), (8, 1))
+
     def cut(first, fifth):
         return auto_cutoff(FusedNeighbours(ids, np.tile(np.linspace(first, fifth, 5), (n, 1))))
 

@@ -180,6 +180,8 @@ def test_a_fixed_cutoff_is_used_as_given_and_recorded(sample_run, tmp_path):
     assert doc["cutoff"] == {"value": -3.0, "rule": "fixed"} and doc["config"]["cutoff"] == -3.0
     auto = json.loads((sample_run / "out" / "groups.json").read_text())
     assert [g["images"] for g in doc["groups"]] == [g["images"] for g in auto["groups"]]  # auto's -5.1 and -3: the same six
+    bad = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp_path / "o2", "--cutoff", "strict")
+    assert bad.exit_code == 2 and "--cutoff must be a number such as -3 or 'auto'" in bad.output
 
 
 def test_the_summary_line_says_what_auto_read_off_the_folder(sample_run, tmp_path):
@@ -189,8 +191,6 @@ def test_the_summary_line_says_what_auto_read_off_the_folder(sample_run, tmp_pat
     said = (f"cut at {cut['value']:.2f} (auto: {cut['scale']:.2f} x the median nearest distance "
             f"{cut['nearest_median']:.2f}, falloff {cut['falloff']:.2f}, never above -2)")
     assert result.exit_code == 0 and said in result.output
-    bad = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp_path / "o2", "--cutoff", "strict")
-    assert bad.exit_code == 2 and "--cutoff must be a number such as -3 or 'auto'" in bad.output
 
 
 def test_one_model_alone_and_new_or_renamed_files(tmp_path, weights_cache):
