@@ -82,9 +82,11 @@ def test_the_export_says_what_the_reviewer_did(reviewed):
     assert r["confirmed"] == [g[1]["sha256"]]
     out = g[0]["sha256"][1]
     assert sorted(map(sorted, r["cannot_link"])) == sorted(sorted([out, h]) for h in g[0]["sha256"] if h != out)
-    assert len(r["must_link"]) == 1
-    a, b = r["must_link"][0]
-    assert {a in g[2]["sha256"], b in g[2]["sha256"]} == {True, False} and (a in g[5]["sha256"] or b in g[5]["sha256"])
+    # "same product": every photo of groups 2 and 5 linked to one of them (a star), whatever the next cut
+    both = set(g[2]["sha256"]) | set(g[5]["sha256"])
+    assert len(r["must_link"]) == len(both) - 1 and {h for p in r["must_link"] for h in p} == both
+    hub = set.intersection(*map(set, r["must_link"]))
+    assert len(hub) == 1
     assert corr["names"][out] == g[0]["images"][1]
 
 
@@ -94,7 +96,7 @@ def test_the_next_run_obeys_the_corrections_and_carries_them_forward(reviewed):
     again = invoke("group", SAMPLE, "--config", OFFLINE, "--out", tmp / "out2", "--cache-file", tmp / "emb.sqlite",
                    "--corrections", tmp / "corrections.json", "--previous", tmp / "out" / "groups.json", "--report")
     assert again.exit_code == 0, again.output
-    assert "corrections: 1 must-link, 3 cannot-links, 1 confirmed group applied" in again.output
+    assert "corrections: 5 must-links, 3 cannot-links, 1 confirmed group applied" in again.output
     new = json.loads((tmp / "out2" / "groups.json").read_text())
     old = {g["id"]: set(g["sha256"]) for g in doc["groups"]}
     group_of = {h: g["id"] for g in new["groups"] for h in g["sha256"]}
@@ -103,7 +105,7 @@ def test_the_next_run_obeys_the_corrections_and_carries_them_forward(reviewed):
     assert len({group_of[h] for h in old[0] - {out}}) == 1                     # the rest stays together
     assert len({group_of[h] for h in old[2] | old[5]}) == 1                    # same product: one group
     assert {g["id"]: set(g["sha256"]) for g in new["groups"]}[1] == old[1]     # confirmed: as it was, same id
-    assert new["corrections"]["applied"] == {"must_link": 1, "cannot_link": 3, "confirmed": 1}
+    assert new["corrections"]["applied"] == {"must_link": 5, "cannot_link": 3, "confirmed": 1}
     assert new["corrections"]["contradictions"] == [] and new["corrections"]["unknown_photos"] == []
     # the new report exports the applied round again, with the next one
     with _browser(tmp / "b2") as browser:

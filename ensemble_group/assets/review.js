@@ -158,9 +158,12 @@
       (members[find(from)] || []).forEach(function (q) { if (q !== i) pair(cannot, i, q); });
       if (to !== "out") { var a = anchor(to, i); if (a !== undefined) pair(must, i, a); }
     });
-    state.merges.forEach(function (m) {
-      var a = anchor(m[0]), b = anchor(m[1]);
-      if (a !== undefined && b !== undefined) pair(must, a, b);
+    var linked = {};
+    state.merges.forEach(function (m) {  // "same product": every photo of the merged groups, one product
+      var r = find(m[0]), a = anchor(m[0]);
+      if (linked[r] || a === undefined) return;
+      linked[r] = 1;
+      members[r].forEach(function (i) { if (i !== a) pair(must, i, a); });
     });
     var done = {};
     state.confirmed.forEach(function (g) {
