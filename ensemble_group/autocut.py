@@ -63,6 +63,14 @@ def _median(neigh: FusedNeighbours, rank: int) -> float | None:
     return float(np.median(d)) if len(d) else None
 
 
+def describe(how: dict[str, Any]) -> str:
+    """How a cutoff was chosen, in words (the summary line, the report): "fixed", or what "auto" read."""
+    if "falloff" not in how:  # fixed, or a folder with no neighbour to read a scale from
+        return str(how.get("rule"))
+    return (f"auto: {how['scale']:.2f} x the median nearest distance {how['nearest_median']:.2f}, "
+            f"falloff {how['falloff']:.2f}, never above {BASE:g}")
+
+
 def resolve_cutoff(cutoff: float | str, neigh: FusedNeighbours) -> tuple[float, dict[str, Any]]:
     """The cutoff to group at, and how it was chosen, for a config's `cutoff` (a number or "auto")."""
     if cutoff == AUTO:

@@ -125,14 +125,6 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _cut_said(how: dict) -> str:
-    """How the cutoff was chosen, for the summary line: "fixed", or what "auto" read off the folder."""
-    if "falloff" not in how:  # fixed, or a folder with no neighbour to read a scale from
-        return how["rule"]
-    return (f"auto: {how['scale']:.2f} x the median nearest distance {how['nearest_median']:.2f}, "
-            f"falloff {how['falloff']:.2f}, never above -2")
-
-
 def _cutoff_arg(cutoff: Optional[str]) -> float | str | None:
     """--cutoff as given: a number or "auto" (a usage error otherwise)."""
     from ensemble_group.config import AUTO
@@ -263,6 +255,8 @@ def group(
     source = folder if is_uri(folder) else Path(folder)
     run, paths = _run_and_write(source, cfg, out_dir, force, reporter, _cache_arg(cache_file, no_cache), previous,
                                 ray_vectors)
+    from ensemble_group.autocut import describe
+
     groups, (cut, how) = run.groups(), run.cutoff()
     multi = [g for g in groups if g["size"] > 1]
     if not quiet:
@@ -270,7 +264,7 @@ def group(
             out.print(f"group {g['id']} ({g['size']}): " + ", ".join(g["images"]), highlight=False)
     out.print(f"{len(run.images)} images -> {len(groups)} groups ({len(multi)} with 2+ images, "
               f"{len(groups) - len(multi)} singletons); {len(run.skipped)} skipped; "
-              f"cut at {cut:.2f} ({_cut_said(how)}); {_precision_said(run)}; "
+              f"cut at {cut:.2f} ({describe(how)}); {_precision_said(run)}; "
               + (f"ids: {run.group_ids['kept']} kept from {run.group_ids['previous']}, {run.group_ids['new']} new; "
                  if run.group_ids else "") + _corrections_said(run) +
               f"{run.timings['total']:.1f} s ({run.timings['extracted']} extracted, {run.timings['from_cache']} from the cache). "

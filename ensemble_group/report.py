@@ -137,6 +137,15 @@ def _n(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _chosen(key: str, d: dict[str, Any]) -> str:
+    """The run's cutoff or precision and how it was chosen, for the settings table."""
+    if key != "cutoff" or not isinstance(d.get("value"), (int, float)):
+        return f'{d.get("value")} ({d.get("rule")})'
+    from ensemble_group.autocut import describe  # numpy and the fusion: only when a report is made
+
+    return f'{d["value"]:.2f} ({describe(d)})'
+
+
 def _fmt(v: Any) -> str:
     return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
@@ -288,8 +297,7 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
                      f'<td>{esc(m.get("dim", ""))}</td>'
                      f'<td>{esc(m.get("input_size", ""))}</td></tr>' for m in data.get("models", []))
     kv = lambda d: "".join(f"<tr><th>{esc(k)}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in d.items())  # noqa: E731
-    chosen = {f"{key} chosen": f'{d.get("value")} ({d.get("rule")})' for key in ("cutoff", "precision")
-              if isinstance(d := data.get(key), dict)}
+    chosen = {f"{key} chosen": _chosen(key, d) for key in ("cutoff", "precision") if isinstance(d := data.get(key), dict)}
     parts.append(f'<details id="settings"><summary><h2>Settings</h2></summary><div class="settings">'
                  f'<table><tr><th>model</th><th>weights id</th><th>dim</th><th>input</th></tr>'
                  f'{models}</table><table>{kv({**chosen, **cfg})}</table><table>{kv(data.get("versions", {}))}</table>'

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_group.autocut import BASE, MIN_SHARE, SHARE_AT_NO_FALLOFF, auto_cutoff, resolve_cutoff
+from ensemble_group.autocut import BASE, MIN_SHARE, SHARE_AT_NO_FALLOFF, auto_cutoff, describe, resolve_cutoff
 from ensemble_group.config import Config
 from ensemble_group.evaluation.metrics import pairwise_prf
 from ensemble_group.fusion import FusedNeighbours
@@ -96,6 +96,8 @@ def test_auto_reads_the_nearest_neighbours_and_is_never_above_the_base():
     assert auto_cutoff(near)[0] == BASE  # 0.35 x -4 would be more lenient than -2
     assert auto_cutoff(FusedNeighbours(np.zeros((1, 0), int), np.zeros((1, 0))))[0] == BASE  # one photo
     assert resolve_cutoff(-3.5, far) == (-3.5, {"rule": "fixed"})
+    assert describe(how) == "auto: 0.35 x the median nearest distance -20.00, falloff 0.25, never above -2"
+    assert describe({"rule": "fixed"}) == "fixed" and describe({"rule": "auto", "nearest_median": None}) == "auto"
 
 
 def test_the_share_follows_how_fast_the_neighbours_fall_away():

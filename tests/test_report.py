@@ -60,6 +60,7 @@ def run(tmp_path: Path) -> Path:
                         "dim": 1280, "input_size": 224}],
             "versions": {"python": "3.11.7", "tensorflow": "2.21.0"},
             "precision": {"value": "int8", "rule": "auto: this CPU has avx512_vnni"},
+            "cutoff": {"value": -3.0, "rule": "fixed"},
             "groups": groups,
             "skipped": [{"path": "broken.jpg", "reason": "truncated or corrupt JPEG: <marker> & co"}]}
     out = tmp_path / "out"
@@ -120,6 +121,7 @@ def test_the_groups_come_first_and_the_settings_last_folded(run: Path):
     assert page.index('id="groups"') < page.index('id="skipped"') < page.index('<details id="settings">')
     settings = page.split('<details id="settings">', 1)[1]
     assert "precision chosen" in settings and "int8 (auto: this CPU has avx512_vnni)" in settings
+    assert "cutoff chosen" in settings and "-3.00 (fixed)" in settings
     assert "robust-z" in settings and "2.21.0" in settings  # config and versions, folded away
 
 
