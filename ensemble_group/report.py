@@ -141,7 +141,7 @@ def _chosen(key: str, d: dict[str, Any]) -> str:
     """The run's cutoff or precision and how it was chosen, for the settings table."""
     if key != "cutoff" or not isinstance(d.get("value"), (int, float)):
         return f'{d.get("value")} ({d.get("rule")})'
-    from ensemble_group.autocut import describe  # numpy and the fusion: only when a report is made
+    from ensemble_group.autocut import describe  # it imports the fusion (Annoy): not at this module's import
 
     return f'{d["value"]:.2f} ({describe(d)})'
 

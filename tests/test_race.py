@@ -26,9 +26,9 @@ def test_the_faster_engine_is_the_one_that_finishes_the_runs_images_first_start_
     assert slow_start.tensorflow_from() == 201 and slow_start.faster(200) == "tflite" == r.faster(29)
     assert slow_start.faster(201) == "tensorflow"
     assert a_race(0.1, 0.2).tensorflow_from() is None
-    assert "vgg16-tv: " + r.describe() == ("vgg16-tv: TensorFlow 10.0 images/s, TFLite 5.0 on this CPU (raced once, "
-                                      "remembered): TensorFlow runs it for 64 images or more")
-    assert ("m: " + a_race(0.1, 0.2).describe()).endswith(": TFLite runs it")
+    assert r.describe() == ("TensorFlow 10.0 images/s, TFLite 5.0 on this CPU (raced once, remembered): "
+                            "TensorFlow runs it for 64 images or more")
+    assert a_race(0.1, 0.2).describe().endswith(": TFLite runs it")
 
 
 def test_a_race_is_remembered_per_cpu_and_thread_count_and_a_bad_record_is_none(tmp_path):
