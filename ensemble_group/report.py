@@ -53,6 +53,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 figure{margin:0;font-size:11px;background:#fff;position:relative}
 figure img{display:block;background:#eee;object-fit:contain}
 .odd img{outline:3px solid #d33;outline-offset:-3px}
+.loosest{box-shadow:0 0 0 3px #e8a200}
 figcaption{display:flex;justify-content:space-between;gap:4px}
 figcaption .name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .d{color:#666;font-variant-numeric:tabular-nums}
@@ -166,6 +167,22 @@ def label_check(groups: list[dict], labels: dict[str, str]) -> tuple[dict[int, C
     return per_group, {p: ids for p, ids in where.items() if len(ids) > 1}
 
 
+def loosest(group: dict) -> int | None:
+    """The index of the group's loosest photo: the largest of its `distances` (each photo's mean fused
+    distance to the rest of its group); None for a single photo."""
+    d = [(x, i) for i, x in enumerate(group.get("distances") or []) if x is not None]
+    return max(d)[1] if len(group["images"]) > 1 and d else None
+
+
+def check_first(groups, n: int = CHECK_FIRST) -> list[dict]:
+    """The n groups of 2+ photos to check first: those whose loosest photo is farthest from the rest of
+    its group. A photo that holds on to its group least is the sign of a group that mixes products;
+    measured on labelled folders, the ten groups this lists mix products far more often than the ten
+    with the smallest `confidence` margin (benchmarks/README.md, "Check these first")."""
+    ranked = [(-g["distances"][i], g["id"], g) for g in groups if (i := loosest(g)) is not None]
+    return [g for *_, g in sorted(ranked, key=lambda t: t[:2])[:n]]
+
+
 def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dict[str, str] | None = None,
                  thumb_size: int = 160, embed: bool | None = None, log: Callable[[str], None] = lambda s: None) -> Path:
     """Write one self-contained HTML page for a groups.json; returns its path. `embed`: thumbnails
@@ -181,13 +198,11 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     groups = sorted(data.get("groups", []), key=lambda g: (-len(g["images"]), g["id"]))
     multi = [g for g in groups if len(g["images"]) > 1]
     singles = [g for g in groups if len(g["images"]) == 1]
-    # the least certain groups of 2+ first (confidence: grouping.group_margins; absent in older files),
-    # except those a reviewer confirmed as they are (a confirmed group of an applied round)
+    # the groups likeliest to mix products first, except those a reviewer confirmed as they are (a
+    # confirmed group of an applied round)
     confirmed = {frozenset(c) for r in (data.get("corrections") or {}).get("rounds", []) for c in r.get("confirmed", [])}
     reviewed = {g["id"] for g in multi if frozenset(g.get("sha256", ())) in confirmed}
-    unsure = sorted((g for g in multi if g.get("confidence") is not None and g["id"] not in reviewed),
-                    key=lambda g: (g["confidence"], g["id"]))
-    check = unsure[:CHECK_FIRST]
+    check = check_first(g for g in multi if g["id"] not in reviewed)
     checked = {g["id"] for g in check}
     rest = [g for g in multi if g["id"] not in checked]
     labels = {_norm(k): v for k, v in labels.items()} if labels else None
@@ -259,8 +274,10 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
         prods = ("<div class=\"products\">products: " + ", ".join(f"{esc(p)} ×{n}" for p, n in c.most_common())
                  + "</div>") if labels else ""
         top = c.most_common(1)[0][0] if len(c) > 1 else None  # in a mixed group, outline the others
-        figs = "".join(fig(r, d, "odd" if top and labels.get(_norm(r), top) != top else "", sha=h)
-                       for r, d, h in zip(g["images"], g["distances"], g.get("sha256", g["images"])))
+        loose = loosest(g) if g["id"] in checked else None  # outlined where the reader starts
+        figs = "".join(fig(r, d, " ".join(c for c in ("odd" if top and labels.get(_norm(r), top) != top else "",
+                                                       "loosest" if i == loose else "") if c), sha=h)
+                       for i, (r, d, h) in enumerate(zip(g["images"], g["distances"], g.get("sha256", g["images"]))))
         sure = "" if g.get("confidence") is None else f'<span class="n">margin {g["confidence"]:.2f}</span>'
         if g["id"] in reviewed:
             sure += '<span class="badge done">confirmed in review</span>'
@@ -275,8 +292,8 @@ def write_report(groups_json: Path, out_html: Path | None = None, *, labels: dic
     if check:
         how = f"cut at {cut:.2f}; " if isinstance(cut, (int, float)) else ""
         parts.append(f'<h2 id="check">Check these first ({len(check)})</h2><p class="meta">{how}the groups whose '
-                     'margin is smallest: the cutoff would need to move least to merge them with their nearest '
-                     'group or to split them.</p>')
+                     'loosest photo (ringed in amber) is farthest from the rest of its group, its mean distance to them '
+                     'under each photo: the likeliest to mix products.</p>')
         parts.extend(group_row(g) for g in check)
     parts.append(f'<h2 id="groups">{"Other groups" if check else "Groups"} ({len(rest)})</h2>')
     parts.extend(group_row(g) for g in rest)

@@ -134,6 +134,22 @@ def test_report_escapes_file_names(run: Path):
     assert fig and "missing" not in fig[1]               # ... and its file was still found on disk
 
 
+def test_check_first_lists_the_groups_whose_loosest_photo_is_farthest(run: Path):
+    """Not the smallest margin: the group whose loosest photo holds on least comes first, that photo ringed."""
+    data = json.loads(run.read_text(encoding="utf-8"))
+    for g, confidence, distances in zip(data["groups"], (2.0, 0.1, 0.5), ([-4, -4, -3.5, -3.9], [-4, -3.8], [-6, -1])):
+        g["confidence"], g["distances"] = confidence, distances
+    run.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    assert [g["id"] for g in report.check_first(data["groups"])] == [2, 0, 1]   # by margin it was 1, 2, 0
+    assert [g["id"] for g in report.check_first(data["groups"], n=1)] == [2]
+    assert report.loosest(data["groups"][0]) == 2 and report.loosest(data["groups"][3]) is None
+    page = write_report(run).read_text(encoding="utf-8")
+    check = page[page.index('id="check"'):page.index('id="groups"')]
+    assert [int(i) for i in re.findall(r'id="g(\d+)"', check)] == [2, 0, 1]
+    ringed = re.findall(r'<figure class="([^"]*loosest[^"]*)" title="([^"]*)"', page)
+    assert [t.split(" — ")[0] for _, t in ringed] == [f"images/{BAD_SHOWN}", "images/red3.jpg", "images/gone.jpg"]
+
+
 def test_labels_highlight_mixed_and_split(run: Path):
     page = write_report(run, labels=LABELS).read_text(encoding="utf-8")
     c = _classes(page).counts
