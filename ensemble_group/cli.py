@@ -342,7 +342,7 @@ def report(
 ) -> None:
     """Write one HTML page showing every group as a row of thumbnails, to review and correct them.
 
-    It needs no server and no network. The least certain groups come first; settings are folded at the end.
+    It needs no server and no network. The groups likeliest to mix products come first; settings are folded at the end.
 
     Review in the page: click, or j/k groups, y looks right, x not this product, m move, s same product, u undo.
 

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from .outputs import atomic_write
 
 PAD, CAPTION_H, HEADER_H = 8, 14, 24   # contact-sheet geometry (pixels)
-CHECK_FIRST = 10  # the least certain groups shown first, under "Check these first"
+CHECK_FIRST = 10  # the groups likeliest to mix products, shown first under "Check these first"
 EMBED_UP_TO = 2000  # larger folders get their thumbnails as files beside the page: it opens fast
 REVIEW_JS = (Path(__file__).parent / "assets" / "review.js").read_text(encoding="utf-8")
 KEYS = ("j / k: next / previous group · h / l: previous / next photo · y: looks right (again: undo it) · "
