@@ -277,13 +277,26 @@ def group(
         if run.corrections["unknown_photos"]:
             reporter.log(f"corrections name {len(run.corrections['unknown_photos'])} photos not in {folder} (kept for "
                          f"when they return): {', '.join(run.corrections['unknown_photos'][:10])}")
-    for im in run.images:
-        if im.repaired:
-            reporter.log(f"read {im.rel} with a repair: {im.repaired}")
+    for line in _repairs_said([(im.rel, im.repaired) for im in run.images if im.repaired], reporter.verbose):
+        reporter.log(line)
     if with_report:
         from ensemble_group.report import write_report
 
         out.print(f"wrote {write_report(paths['groups'])}", highlight=False)
+
+
+def _repairs_said(repaired: list[tuple[str, str]], every: bool, shown: int = 3) -> list[str]:
+    """Lines on the files read with a repair: each one (with --verbose, or a few), else one line per kind of
+    repair naming the first files (groups.json `repaired` lists them all): 54 damaged PNG chunks are one line."""
+    if every or len(repaired) <= shown:
+        return [f"read {rel} with a repair: {how}" for rel, how in repaired]
+    by_repair: dict[str, list[str]] = {}
+    for rel, how in repaired:
+        by_repair.setdefault(how, []).append(rel)
+    return [f"read {rels[0]} with a repair: {how}" if len(rels) == 1 else
+            f"read {len(rels)} files with a repair ({how}): {', '.join(rels[:shown])}"
+            + (f" and {len(rels) - shown} more (groups.json `repaired` lists them; --verbose here)" if len(rels) > shown else "")
+            for how, rels in by_repair.items()]
 
 
 @app.command()

@@ -499,3 +499,16 @@ def test_groups_still_there_keep_their_ids_across_runs(sample_run, tmp_path):
     assert ids == {g["id"] for g in after["groups"]} | {max(id_of.values()) + 1}
     bad = invoke("group", folder, "--out", tmp_path / "o2", "--previous", tmp_path / "nope.json")
     assert bad.exit_code == 2 and "nope.json: no such file" in bad.output
+
+
+def test_files_read_with_a_repair_are_one_line_per_kind_unless_verbose():
+    from ensemble_group.cli import _repairs_said
+
+    crc, gama = "ignored damaged PNG chunk iCCP (bad CRC), as browsers do", "ignored damaged PNG chunk gAMA (bad CRC), as browsers do"
+    few = [("a.png", crc), ("b.png", gama)]
+    assert _repairs_said(few, every=False) == [f"read a.png with a repair: {crc}", f"read b.png with a repair: {gama}"]
+    many = [(f"shop/{i}.png", crc) for i in range(54)] + [("odd.png", gama)]
+    assert _repairs_said(many, every=False) == [
+        f"read 54 files with a repair ({crc}): shop/0.png, shop/1.png, shop/2.png and 51 more "
+        "(groups.json `repaired` lists them; --verbose here)", f"read odd.png with a repair: {gama}"]
+    assert len(_repairs_said(many, every=True)) == 55
