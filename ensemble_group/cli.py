@@ -336,12 +336,19 @@ def _labels_dict(labels_csv: Optional[Path], groups_json: Path) -> Optional[dict
     if labels_csv is None:
         return None
     import os
+    import posixpath
 
     from ensemble_group.evaluation.labels import labels_by_path
 
-    root = json.loads(groups_json.read_text(encoding="utf-8")).get("input") or str(groups_json.parent)
-    return {os.path.relpath(path, root).replace(os.sep, "/"): product
-            for path, product in labels_by_path(labels_csv).items()}
+    doc = json.loads(groups_json.read_text(encoding="utf-8"))
+    root = doc.get("input") or str(groups_json.parent)
+    truth = {os.path.relpath(path, root).replace(os.sep, "/"): product
+             for path, product in labels_by_path(labels_csv).items()}
+    photos = {posixpath.normpath(rel) for g in doc.get("groups", []) for rel in g["images"]}
+    if not photos & set(truth):  # highlights of nothing would read as "no mixed group": say why instead
+        raise ValueError(f"{labels_csv}: none of its {len(truth)} images is a photo of this run ({root}); its paths "
+                         f"are read relative to the CSV's own folder ({Path(labels_csv).resolve().parent})")
+    return truth
 
 
 @app.command()

@@ -512,3 +512,14 @@ def test_files_read_with_a_repair_are_one_line_per_kind_unless_verbose():
         f"read 54 files with a repair ({crc}): shop/0.png, shop/1.png, shop/2.png and 51 more "
         "(groups.json `repaired` lists them; --verbose here)", f"read odd.png with a repair: {gama}"]
     assert len(_repairs_said(many, every=True)) == 55
+
+
+def test_report_labels_that_name_no_photo_of_the_run_fail_and_say_why(sample_run, tmp_path):
+    """A CSV whose paths resolve elsewhere would highlight nothing, which reads as "no mixed group"."""
+    elsewhere = tmp_path / "labels.csv"
+    shutil.copy(SAMPLE / "labels.csv", elsewhere)   # its paths (images/...) now point under tmp_path
+    r = invoke("report", sample_run / "out" / "groups.json", "--labels", elsewhere, "--out", tmp_path / "r.html")
+    assert r.exit_code == 2 and "none of its 20 images is a photo of this run" in r.output
+    assert str(tmp_path) in r.output and not (tmp_path / "r.html").exists()
+    ok = invoke("report", sample_run / "out" / "groups.json", "--labels", SAMPLE / "labels.csv", "--out", tmp_path / "r.html")
+    assert ok.exit_code == 0 and (tmp_path / "r.html").is_file()
