@@ -305,6 +305,9 @@ def test_help_teaches_with_an_example():
     for command in ("group", "prepare", "index", "query", "evaluate", "compare", "tune", "report"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example" in result.output, command
+    # square brackets are rich markup: an unescaped '.[ray]' or '[grouping]' would vanish from the help
+    wide = runner.invoke(app, ["group", "--help"], env={"COLUMNS": "300"}).output
+    assert "pip install -e '.[ray]'" in wide and "the config's [grouping] corrections" in wide
 
 
 def test_query_ranks_like_the_run_when_distances_are_locally_scaled(sample_run, tmp_path):
